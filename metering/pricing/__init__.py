@@ -1,0 +1,20 @@
+"""Pricing: charge functions per price model, the monthly bill, and upgrade offers (SPEC 3.2, 3.3)."""
+
+from metering.pricing.bill import Bill, Line, Usage, price_bill
+from metering.pricing.money import format_money, round_money
+from metering.pricing.offers import Offer, offer_for_feature, offer_for_limit
+from metering.pricing.registry import CHARGES, charge
+
+__all__ = [
+    "CHARGES",
+    "Bill",
+    "Line",
+    "Offer",
+    "Usage",
+    "charge",
+    "format_money",
+    "offer_for_feature",
+    "offer_for_limit",
+    "price_bill",
+    "round_money",
+]
