@@ -92,7 +92,9 @@ def _trigger_problems(triggers: object, meters: Mapping[str, object]) -> Iterato
         rule_id = trigger.get("id")
         if isinstance(rule_id, str):
             if rule_id in first_seen:
-                yield Problem(f"{where}.id", f"duplicate trigger id {rule_id!r} (also triggers.{first_seen[rule_id]})")
+                yield Problem(
+                    f"{where}.id", f"duplicate trigger id {rule_id!r} (also triggers.{first_seen[rule_id]})"
+                )
             else:
                 first_seen[rule_id] = index
         kind = trigger.get("kind")

@@ -65,7 +65,7 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 def _parse_yaml(text: str, source: str) -> object:
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise RulesError(source, [Problem("", _yaml_message(exc))]) from exc
 
@@ -112,6 +112,12 @@ def _message(error: ErrorDetails) -> str:
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
-    if error["type"] in {"greater_than_equal", "greater_than", "less_than", "less_than_equal", "literal_error"}:
+    if error["type"] in {
+        "greater_than_equal",
+        "greater_than",
+        "less_than",
+        "less_than_equal",
+        "literal_error",
+    }:
         return f"{message} (got {error['input']!r})"
     return message

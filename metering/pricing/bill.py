@@ -48,7 +48,8 @@ class Bill:
             "plan": self.plan,
             "currency": self.currency,
             "lines": [
-                {"item": line.item, "amount": format_money(line.amount, self.minor_unit)} for line in self.lines
+                {"item": line.item, "amount": format_money(line.amount, self.minor_unit)}
+                for line in self.lines
             ],
             "total": format_money(self.total, self.minor_unit),
         }
