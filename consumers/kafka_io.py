@@ -1,0 +1,60 @@
+"""Kafka client construction: every consumer, producer and admin client of the project is
+built here from Settings, so security settings (SASL/SCRAM, TLS) apply everywhere alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+from metering.settings import Settings
+
+
+def common_config(settings: Settings) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol.startswith("SASL"):
+        assert settings.kafka_sasl_password is not None  # Settings validates SASL is complete
+        cfg |= {
+            "sasl_mechanism": settings.kafka_sasl_mechanism,
+            "sasl_plain_username": settings.kafka_sasl_username,
+            "sasl_plain_password": settings.kafka_sasl_password.get_secret_value(),
+        }
+    if settings.kafka_security_protocol.endswith("SSL"):
+        cfg["ssl_check_hostname"] = settings.kafka_ssl_check_hostname
+        if settings.kafka_ssl_cafile:
+            cfg["ssl_cafile"] = str(settings.kafka_ssl_cafile)
+        if settings.kafka_ssl_certfile:
+            cfg["ssl_certfile"] = str(settings.kafka_ssl_certfile)
+        if settings.kafka_ssl_keyfile:
+            cfg["ssl_keyfile"] = str(settings.kafka_ssl_keyfile)
+    return cfg
+
+
+def admin_client(settings: Settings, **extra: Any) -> KafkaAdminClient:
+    return KafkaAdminClient(**(common_config(settings) | {"request_timeout_ms": 10000} | extra))
+
+
+def producer(settings: Settings, **extra: Any) -> KafkaProducer:
+    """Producer for triggers and dead letters: acks from all in-sync replicas, idempotent,
+    so a retried send is never written twice by the broker."""
+    cfg = common_config(settings) | {
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "compression_type": None,
+        "max_in_flight_requests_per_connection": 5,
+    }
+    return KafkaProducer(**(cfg | extra))
+
+
+def consumer(settings: Settings, *topics: str, **extra: Any) -> KafkaConsumer:
+    cfg = common_config(settings) | {
+        "group_id": settings.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": settings.max_poll_records,
+    }
+    return KafkaConsumer(*topics, **(cfg | extra))
