@@ -10,7 +10,7 @@ from pydantic import TypeAdapter
 
 from metering.errors import InputError
 from metering.pricing import CHARGES, charge
-from rules.models import PerUnit, PriceModel, Volume
+from rules.models import PerUnit, PriceModel, Tier, Volume
 
 _ADAPTER: TypeAdapter[PriceModel] = TypeAdapter(PriceModel)
 
@@ -93,7 +93,7 @@ def test_graduated_flat_price_once_per_touched_tier() -> None:
 
 
 def test_volume_with_single_bounded_tier_past_its_bound_uses_last_tier() -> None:
-    bounded = Volume(model="volume", tiers=({"up_to": 10, "unit_price": "1"},))  # type: ignore[arg-type]
+    bounded = Volume(model="volume", tiers=(Tier(up_to=Decimal(10), unit_price=Decimal(1)),))
     assert charge(bounded, Decimal(20)) == Decimal(20)
 
 
