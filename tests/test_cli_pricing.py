@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import metering.cli.quote  # noqa: F401  (registers `quote`)
+import metering.cli.quote  # registers `quote`
 import metering.cli.rules_check  # noqa: F401  (registers `rules check`)
 from metering.cli.app import app
 
