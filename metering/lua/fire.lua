@@ -1,0 +1,24 @@
+-- Record one account's triggers atomically: set each fired mark and append the trigger to the
+-- account's outbox in the same script, so a trigger is durable exactly when its mark is.
+--
+-- KEYS[1]  the account's subscription key (routing only; see apply.lua)
+-- ARGV[1]  base "<prefix>:{<account>}:"
+-- ARGV[2]  JSON: [[field, expected, mark, topic, payload], ...]
+--          `expected` is the mark the caller saw ("" = never fired): a compare-and-set, so a
+--          fenced or duplicate caller cannot fire the same scope twice or skip a cooldown.
+-- Returns a string with one char per candidate: "1" recorded, "0" refused (mark changed).
+local base = ARGV[1]
+local fired_key = base .. 'fired'
+local outbox_key = base .. 'ob'
+local out = {}
+for i, c in ipairs(cjson.decode(ARGV[2])) do
+  local cur = redis.call('HGET', fired_key, c[1]) or ''
+  if cur == c[2] then
+    redis.call('HSET', fired_key, c[1], c[3])
+    redis.call('RPUSH', outbox_key, c[4] .. '\n' .. c[5])
+    out[i] = '1'
+  else
+    out[i] = '0'
+  end
+end
+return table.concat(out)

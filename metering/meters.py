@@ -1,0 +1,111 @@
+"""From an event to meter updates (SPEC 3.1), pure.
+
+A meter matches an event by type and filter; it then reads its value. An update is
+`(meter, op, arg)` where op is the aggregation's store op and arg an exact string:
+count -> "", sum/max -> the value in micro-units (integer string), unique_count -> the
+member, latest -> the value as a plain decimal string. Scaled integers keep Redis and Lua
+arithmetic exact (Lua numbers are doubles; Redis HINCRBY is int64).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from metering.errors import BadEvent
+from metering.events import Event
+from rules.models import Catalog, Meter
+
+SCALE_DIGITS = 6
+SCALE = 10**SCALE_DIGITS
+MAX_QUANTITY = Decimal(10) ** 12  # per event; keeps a period's int64 micro-unit sum far from overflow
+MAX_MEMBER_BYTES = 512
+
+OP = {"count": "c", "sum": "s", "max": "x", "unique_count": "u", "latest": "l"}
+Update = tuple[str, str, str]
+
+_MISSING = object()
+
+
+def lookup(event: Event, path: str) -> Any:
+    """Dotted path into the event: `data.tokens`, `data.a.b`, or a top-level attribute."""
+    head, _, rest = path.partition(".")
+    if head == "data":
+        node: Any = event.data
+    elif head in ("subject", "source", "type", "id") and not rest:
+        return event.account if head == "subject" else getattr(event, head)
+    else:
+        return _MISSING
+    for part in rest.split(".") if rest else ():
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return _MISSING if node is None else node
+
+
+def quantity(raw: Any, meter: str) -> Decimal:
+    """A JSON number or numeric string as an exact, bounded, non-negative Decimal."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise BadEvent("bad_value", f"meter {meter}: value must be a number, got {type(raw).__name__}")
+    try:
+        q = Decimal(repr(raw)) if isinstance(raw, float) else Decimal(raw)
+    except InvalidOperation:
+        raise BadEvent("bad_value", f"meter {meter}: {str(raw)[:40]!r} is not a number") from None
+    if not q.is_finite():
+        raise BadEvent("bad_value", f"meter {meter}: value is not finite")
+    if q < 0:
+        raise BadEvent("bad_value", f"meter {meter}: negative quantity {q}")
+    if q > MAX_QUANTITY:
+        raise BadEvent("bad_value", f"meter {meter}: quantity {q:.3E} exceeds {MAX_QUANTITY:.0E}")
+    exponent = q.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -SCALE_DIGITS and q != q.quantize(Decimal(1).scaleb(-SCALE_DIGITS)):
+        raise BadEvent("bad_value", f"meter {meter}: more than {SCALE_DIGITS} decimal places")
+    return q
+
+
+def to_micro(q: Decimal) -> str:
+    return str(int(q * SCALE))
+
+
+def from_micro(text: str | bytes | int) -> Decimal:
+    return Decimal(int(text)) / SCALE
+
+
+class MeterIndex:
+    """The catalog's meters indexed by event type, built once per rules version."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.meters: Mapping[str, Meter] = catalog.meters
+        by_type: dict[str, list[tuple[str, Meter]]] = {}
+        for name, meter in catalog.meters.items():
+            for etype in meter.event_type:
+                by_type.setdefault(etype, []).append((name, meter))
+        self._by_type = by_type
+
+    def updates(self, event: Event) -> list[Update]:
+        """Every matching meter's update; BadEvent if a matching meter cannot read its value."""
+        out: list[Update] = []
+        for name, meter in self._by_type.get(event.type, ()):
+            if meter.filter and not all(lookup(event, p) == v for p, v in meter.filter.items()):
+                continue
+            op = OP[meter.aggregation]
+            if op == "c":
+                out.append((name, op, ""))
+                continue
+            assert meter.value is not None  # the loader requires a value for these aggregations
+            raw = lookup(event, meter.value)
+            if raw is _MISSING:
+                raise BadEvent("bad_value", f"meter {name}: {meter.value} is missing")
+            if op == "u":
+                if isinstance(raw, bool) or not isinstance(raw, str | int):
+                    raise BadEvent("bad_value", f"meter {name}: {meter.value} must be a string or integer")
+                member = str(raw)
+                if not member or len(member.encode("utf-8", "surrogatepass")) > MAX_MEMBER_BYTES:
+                    raise BadEvent("bad_value", f"meter {name}: {meter.value} is empty or too long")
+                out.append((name, op, member))
+            elif op == "l":
+                out.append((name, op, str(quantity(raw, name))))
+            else:
+                out.append((name, op, to_micro(quantity(raw, name))))
+        return out

@@ -1,0 +1,60 @@
+"""Calendar arithmetic in UTC: billing periods are calendar months, activity weeks are ISO
+weeks (Monday start). All functions take epoch milliseconds and are pure."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+
+
+def utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def to_ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+def period_of(ms: int) -> str:
+    """The billing period holding `ms`: `2026-11`."""
+    d = utc(ms)
+    return f"{d.year:04d}-{d.month:02d}"
+
+
+def period_start_ms(ms: int) -> int:
+    d = utc(ms)
+    return to_ms(datetime(d.year, d.month, 1, tzinfo=UTC))
+
+
+def iso_week(ms: int) -> str:
+    """`2026-W45`. Strings of this shape sort in time order (the store relies on it to trim)."""
+    year, week, _ = utc(ms).isocalendar()
+    return f"{year:04d}-W{week:02d}"
+
+
+def weeks_back(ms: int, n: int) -> list[str]:
+    """The ISO weeks of `ms` and the n-1 before it, newest first."""
+    return [iso_week(ms - i * WEEK_MS) for i in range(n)]
+
+
+def days_between(earlier_ms: int, later_ms: int) -> int:
+    return int((later_ms - earlier_ms) // DAY_MS)
+
+
+def parse_rfc3339(text: str) -> int:
+    """RFC 3339 timestamp with an offset -> epoch ms. Raises ValueError otherwise."""
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError("timestamp has no UTC offset")
+    return int(dt.timestamp() * 1000)
+
+
+def format_rfc3339(ms: int) -> str:
+    d = utc(ms)
+    return d.strftime("%Y-%m-%dT%H:%M:%S") + (f".{ms % 1000:03d}Z" if ms % 1000 else "Z")
+
+
+def delta_ms(td: timedelta) -> int:
+    return int(td.total_seconds() * 1000)
