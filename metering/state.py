@@ -83,3 +83,19 @@ def parse_weeks(hash_flat: Sequence[bytes | str]) -> dict[str, int]:
 
 def pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
     return _pairs(flat)
+
+
+def build_state(catalog: Catalog, account: str, subscription: Subscription,
+                periods: Sequence[Sequence[object]], life: Sequence[bytes | str],
+                weeks: Sequence[Sequence[object]], mark_fields: Sequence[str],
+                marks: Sequence[bytes | str]) -> AccountState:
+    """AccountState from the apply script's read-back (see metering/lua/apply.lua)."""
+    parsed = {}
+    for period, flat, uniq in periods:
+        name = period.decode() if isinstance(period, bytes) else str(period)
+        parsed[name] = parse_period(catalog, name, flat, uniq)  # type: ignore[arg-type]
+    week_map = {}
+    for meter, flat in weeks:
+        week_map[meter.decode() if isinstance(meter, bytes) else str(meter)] = parse_weeks(flat)  # type: ignore[arg-type]
+    mark_map = {f: (m.decode() if isinstance(m, bytes) else m) for f, m in zip(mark_fields, marks, strict=True)}
+    return AccountState(account, subscription, parsed, parse_lifetime(catalog, life), week_map, mark_map)

@@ -2,7 +2,7 @@
 
 from metering.pricing.bill import Bill, Line, Usage, price_bill
 from metering.pricing.money import format_money, round_money
-from metering.pricing.offers import Offer, offer_for_feature, offer_for_limit
+from metering.pricing.offers import Offer, offer_for_feature, offer_for_limit, offer_upgrade
 from metering.pricing.registry import CHARGES, charge
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "format_money",
     "offer_for_feature",
     "offer_for_limit",
+    "offer_upgrade",
     "price_bill",
     "round_money",
 ]

@@ -98,3 +98,17 @@ def _plan(catalog: Catalog, name: str) -> Plan:
     if plan is None:
         raise InputError(f"unknown plan {name!r}")
     return plan
+
+
+def offer_upgrade(catalog: Catalog, current_plan: str) -> Offer | None:
+    """The cheapest plan dearer than the current one (a custom-priced plan last, as contact
+    sales): the offer of signals that name no limit or feature (power use, milestones, spend)."""
+    current = _plan(catalog, current_plan)
+    if current.price is None:
+        return None
+    candidates = [
+        _plan_offer(catalog, current, name)
+        for name, plan in catalog.plans.items()
+        if name != current_plan and (plan.price is None or plan.price > current.price)
+    ]
+    return min(candidates, key=_rank, default=None)

@@ -1,0 +1,346 @@
+"""`metering run`: the consumer-group service. Per polled batch:
+
+  1. subscription records -> store (last by time wins)
+  2. usage events -> plan (pure) -> one apply script per account, one round trip
+  3. trigger evaluation (pure) -> one fire script per account with candidates (marks + outbox)
+  4. publish the outbox entries and dead letters, wait for acks, drop the acked entries
+  5. commit the batch's offsets
+
+Offsets are committed only after 2-4 are durable (SPEC 4.2). A crash anywhere before 5
+redelivers the batch: the store skips the applied events by offset watermark and the
+level-based evaluation recreates any trigger not yet recorded; recorded ones sit in the
+outbox and are published again with the same id.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kafka import TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from consumers import kafka_io
+from consumers.policy import Retry, Stopping
+from metering.batch import (
+    AccountBatch,
+    BatchPlan,
+    DeadLetter,
+    Limits,
+    Record,
+    dead_letter_headers,
+    items_for,
+    plan_batch,
+)
+from metering.errors import BadEvent, BrokerUnavailable
+from metering.events import decode_event
+from metering.meters import MeterIndex
+from metering.metrics import Metrics
+from metering.periods import delta_ms, weeks_back
+from metering.settings import Settings
+from metering.state import build_state, pairs
+from metering.store import ApplyResult, FireCall, Store
+from metering.subscriptions import from_store, to_store
+from metering.triggers import Candidate, TriggerEngine
+from rules.models import Catalog
+
+log = logging.getLogger("metering.service")
+JSON_HEADERS = [("content-type", b"application/cloudevents+json; charset=utf-8")]
+
+
+class Service:
+    def __init__(self, settings: Settings, catalog: Catalog, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.metrics = metrics or Metrics()
+        self.metrics.set_rules(catalog.version, str(settings.rules))
+        self.clock = clock
+        self.index = MeterIndex(catalog)
+        self.engine = TriggerEngine(catalog, settings.topic_triggers)
+        self.limits = Limits(settings.max_event_bytes, delta_ms(settings.late_grace),
+                             delta_ms(settings.future_tolerance))
+        self.stop = threading.Event()
+        self.store = Store(settings, self.metrics)
+        self.retry = Retry(self.stop, self._dependency_failed, self._dependency_recovered)
+        self._deps_ok = True
+        self._assigned: set[TopicPartition] = set()
+        self.last_progress = time.monotonic()
+        self.consumer: Any = None
+        self.producer: Any = None
+
+    # -- health -----------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self.last_progress < 60
+
+    def ready(self) -> bool:
+        return self._deps_ok and bool(self._assigned) and not self.stop.is_set()
+
+    def _dependency_failed(self, dependency: str) -> None:
+        self._deps_ok = False
+        self.metrics.retries.labels(dependency).inc()
+        self.metrics.ready.set(0)
+        self.last_progress = time.monotonic()  # retrying is progress: alive, not ready
+
+    def _dependency_recovered(self) -> None:
+        self._deps_ok = True
+        self.metrics.ready.set(1 if self.ready() else 0)
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Kafka clients, retried while the broker is unreachable."""
+
+        def make() -> None:
+            try:
+                self.producer = kafka_io.producer(self.settings)
+                self.consumer = kafka_io.consumer(self.settings)
+            except KafkaError as exc:
+                raise BrokerUnavailable(f"kafka: {exc}") from exc
+
+        self.retry("connecting to Kafka", make)
+        listener = _Rebalance(self)
+        self.consumer.subscribe([self.settings.topic_accounts, self.settings.topic_events], listener=listener)
+
+    def install_signal_handlers(self) -> None:
+        def handle(signum: int, _frame: object) -> None:
+            log.info("signal %s: finishing the batch in hand, then leaving the group", signum)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def run(self, max_idle_polls: int | None = None) -> None:
+        """Poll and process until stopped (or after `max_idle_polls` empty polls, for tests)."""
+        if self.consumer is None:
+            self.connect()
+        idle = 0
+        try:
+            while not self.stop.is_set():
+                batch = self.consumer.poll(timeout_ms=200, max_records=self.settings.max_poll_records)
+                self.last_progress = time.monotonic()
+                records = [r for part in batch.values() for r in part]
+                if not records:
+                    idle += 1
+                    self._observe_lag()
+                    if max_idle_polls is not None and idle >= max_idle_polls:
+                        break
+                    continue
+                idle = 0
+                try:
+                    self.process(records)
+                except Stopping:
+                    log.info("stopped during a retry; the batch is left uncommitted")
+                    break
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.metrics.ready.set(0)
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)  # leaves the group: partitions move at once
+            self.consumer = None
+        if self.producer is not None:
+            self.producer.close(timeout=5)
+            self.producer = None
+        self.store.close()
+
+    # -- one batch ----------------------------------------------------------------------------
+
+    def process(self, raw_records: Sequence[Any]) -> None:
+        t0 = time.perf_counter()
+        now_ms = int(self.clock() * 1000)
+        events_topic = self.settings.topic_events
+        records = [Record(r.topic, r.partition, r.offset, r.key, r.value, r.headers or ()) for r in raw_records]
+        usage = [r for r in records if r.topic == events_topic]
+        accounts = [r for r in records if r.topic != events_topic]
+        self.metrics.events_consumed.inc(len(usage))
+        self.metrics.batch_size.observe(len(records))
+
+        dead = self._apply_subscriptions(accounts)
+        plan = plan_batch(usage, self.index, self.engine, self.limits, now_ms)
+        dead += plan.dead
+        results = self._apply_usage(plan, now_ms)
+        fired = self._fire(plan, results)
+        self._publish(plan, results, fired, dead)
+        self._commit(raw_records)
+        self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+        self._observe_lag()
+
+    def _apply_subscriptions(self, records: Sequence[Record]) -> list[DeadLetter]:
+        updates: list[tuple[str, dict[str, str]]] = []
+        dead: list[DeadLetter] = []
+        for rec in records:
+            try:
+                event = decode_event(rec.value, rec.headers, self.settings.max_event_bytes)
+                updates.append((event.account, to_store(event, self.catalog)))
+            except BadEvent as exc:
+                dead.append(DeadLetter(rec, exc.reason, exc.detail))
+        if updates:
+            applied = self.retry("recording subscriptions", lambda: self.store.set_subscriptions(updates))
+            for a in applied:
+                self.metrics.account_updates.labels("applied" if a else "stale").inc()
+        return dead
+
+    def _apply_usage(self, plan: BatchPlan, now_ms: int) -> list[ApplyResult]:
+        cutoff = weeks_back(now_ms, 12)[-1]
+        results = self.retry("applying usage",
+                             lambda: self.store.apply([a.call for a in plan.accounts], now_ms, cutoff))
+        processed = dup = redelivered = 0
+        lag = self.metrics.event_lag
+        for acct, res in zip(plan.accounts, results, strict=True):
+            for ev, flag in zip(acct.events, res.flags, strict=True):
+                if flag == "1":
+                    processed += 1
+                    lag.observe(max(0.0, (now_ms - ev.time_ms) / 1000))
+                elif flag == "d":
+                    dup += 1
+                else:
+                    redelivered += 1
+        self.metrics.events_processed.inc(processed)
+        self.metrics.events_deduplicated.labels("duplicate").inc(dup)
+        self.metrics.events_deduplicated.labels("redelivered").inc(redelivered)
+        return results
+
+    def _fire(self, plan: BatchPlan, results: Sequence[ApplyResult]) -> dict[str, list[Candidate]]:
+        """Evaluate and record triggers; returns the candidates recorded per account."""
+        calls: list[FireCall] = []
+        cands: list[tuple[AccountBatch, list[Candidate]]] = []
+        for acct, res in zip(plan.accounts, results, strict=True):
+            if not self.catalog.triggers:
+                break
+            sub = from_store(pairs(res.subscription), self.catalog)
+            state = build_state(self.catalog, acct.call.account, sub, res.periods, res.lifetime,
+                                res.weeks, acct.call.marks, res.marks)
+            found = self.engine.evaluate(state, items_for(acct, res.flags))
+            if found:
+                account = acct.call.account
+                calls.append(FireCall(account, [(c.field, c.expected, c.mark(), c.topic, c.payload(account))
+                                                for c in found]))
+                cands.append((acct, found))
+        flags = self.retry("recording triggers", lambda: self.store.fire(calls))
+        recorded: dict[str, list[Candidate]] = {}
+        for (acct, found), f in zip(cands, flags, strict=True):
+            self.engine.recorded(acct.call.account, found)
+            recorded.setdefault(acct.call.account, []).extend(c for c, ok in zip(found, f, strict=True) if ok == "1")
+        return recorded
+
+    def _publish(self, plan: BatchPlan, results: Sequence[ApplyResult],
+                 recorded: dict[str, list[Candidate]], dead: Sequence[DeadLetter]) -> None:
+        """Outbox entries (older ones first, then this batch's) and dead letters, acked."""
+        entries: list[tuple[str, list[bytes]]] = []
+        seen: set[str] = set()
+        for acct, res in zip(plan.accounts, results, strict=True):
+            account = acct.call.account
+            if account in seen:
+                continue
+            seen.add(account)
+            new = [f"{c.topic}\n{c.payload(account)}".encode() for c in recorded.get(account, ())]
+            if res.outbox or new:
+                entries.append((account, list(res.outbox) + new))
+        self.metrics.outbox_depth.set(sum(len(e) for _, e in entries))
+        if not entries and not dead:
+            return
+
+        def send() -> None:
+            futures = []
+            try:
+                for account, items in entries:
+                    for item in items:
+                        topic, _, payload = item.partition(b"\n")
+                        futures.append(self.producer.send(topic.decode(), key=account.encode(), value=payload,
+                                                          headers=JSON_HEADERS))
+                for d in dead:
+                    futures.append(self.producer.send(self.settings.topic_deadletter, key=d.record.key,
+                                                      value=d.record.value, headers=dead_letter_headers(d)))
+                self.producer.flush(timeout=30)
+                for f in futures:
+                    f.get(timeout=30)
+            except KafkaError as exc:
+                raise BrokerUnavailable(f"publish: {exc}") from exc
+
+        self.retry("publishing triggers and dead letters", send)
+        self.retry("acknowledging the outbox",
+                   lambda: self.store.ack_outbox([(a, len(items), items[0]) for a, items in entries]))
+        self.metrics.outbox_depth.set(0)
+        for _, items in entries:
+            for item in items:
+                kind = _kind_of(item)
+                self.metrics.triggers_published.labels(kind).inc()
+        for d in dead:
+            self.metrics.events_deadlettered.labels(d.reason).inc()
+
+    def _commit(self, raw_records: Sequence[Any]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for r in raw_records:
+            tp = TopicPartition(r.topic, r.partition)
+            if tp not in offsets or offsets[tp].offset <= r.offset:
+                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+        try:
+            self.retry("committing offsets", lambda: self._commit_sync(offsets))
+        except CommitFailedError as exc:
+            # The group rebalanced: another member owns these partitions now and will
+            # redeliver from the last commit; the store's watermarks make that harmless.
+            log.warning("commit refused after a rebalance (records go to the new owner): %s", exc)
+
+    def _commit_sync(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        try:
+            self.consumer.commit(offsets=offsets)
+        except CommitFailedError:
+            raise
+        except KafkaError as exc:
+            if getattr(exc, "retriable", False):
+                raise BrokerUnavailable(f"commit: {exc}") from exc
+            raise
+
+    def _observe_lag(self) -> None:
+        if self.consumer is None:
+            return
+        for tp in self._assigned:
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                pos = self.consumer.position(tp, timeout_ms=0)
+            except Exception:  # position unknown until the first fetch
+                continue
+            if pos is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
+
+
+def _kind_of(entry: bytes) -> str:
+    marker = b'"type":"expansion.'
+    i = entry.find(marker)
+    if i < 0:
+        return "unknown"
+    j = entry.find(b'"', i + len(marker))
+    return entry[i + len(marker): j].decode()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        # Nothing is in flight here: a batch is committed before the next poll, and the
+        # listener runs inside poll.
+        self.service._assigned.difference_update(revoked)
+        for tp in revoked:
+            try:
+                self.service.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+            except KeyError:
+                pass
+        self.service.metrics.ready.set(1 if self.service.ready() else 0)
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.service._assigned.update(assigned)
+        log.info("assigned %d partitions", len(assigned))
+        self.service.metrics.ready.set(1 if self.service.ready() else 0)

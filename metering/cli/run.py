@@ -1,0 +1,44 @@
+"""`metering run`: the service (see consumers/service.py)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from metering.cli.app import app, fail
+from metering.cli.common import catalog_or_fail, settings_or_fail
+
+
+@app.command()
+def run(
+    rules: Annotated[Path | None, typer.Option(help="Rules catalog (default METERING_RULES)")] = None,
+) -> None:
+    """Consume usage events, aggregate them in Redis, publish expansion triggers."""
+    from consumers.http import serve
+    from consumers.service import Service
+    from metering.errors import MeteringError
+    from metering.metrics import Metrics
+
+    settings = settings_or_fail()
+    catalog = catalog_or_fail(rules, settings)
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    metrics = Metrics()
+    try:
+        service = Service(settings, catalog, metrics)
+    except MeteringError as exc:
+        fail(str(exc))
+    try:
+        server = serve(settings.http_host, settings.http_port, metrics.registry, service.healthy, service.ready)
+    except OSError as exc:
+        fail(f"cannot serve HTTP on {settings.http_host}:{settings.http_port}: {exc}")
+    service.install_signal_handlers()
+    logging.getLogger("metering").info(
+        "metering run: rules %s (version %s), kafka %s, http %s:%d", rules or settings.rules,
+        catalog.version, settings.kafka_bootstrap, settings.http_host, server.server_address[1])
+    service.run()
+    server.shutdown()

@@ -1,0 +1,201 @@
+"""The Redis store: the only module that talks to Redis. Its logic is in Lua scripts
+(metering/lua/*.lua), one atomic script call per account per batch, all of a batch's calls
+sent in one pipeline (one round trip), never one round trip per event.
+
+Connection failures surface as StoreUnavailable (retriable); the consumer loop retries the
+whole step, which is safe because every script is idempotent (offset watermarks, dedup
+marks, compare-and-set trigger marks).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+
+import orjson
+import redis
+import redis.cluster
+
+from metering import keys
+from metering.errors import StoreUnavailable
+from metering.metrics import Metrics
+from metering.settings import Settings
+
+T = TypeVar("T")
+
+# (offset, id digest, period, ISO week, event time ms, updates)
+EventArg = tuple[int, str, str, str, int, list[tuple[str, str, str]]]
+
+
+@dataclass(frozen=True)
+class ApplyCall:
+    """One account's share of a batch."""
+
+    account: str
+    wm_field: str  # "<topic>/<partition>"
+    events: Sequence[EventArg]
+    periods: Sequence[str]  # periods to read back
+    uniq: Sequence[str]  # unique_count meters (read back with SCARD)
+    weeks: Sequence[str]  # meters whose weekly counts to read back
+    marks: Sequence[str]  # fired-mark fields to read back
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    flags: str  # per event: "1" applied, "d" duplicate, "r" redelivered
+    subscription: list[bytes]
+    periods: list[Any]  # [[period, hash_flat, [meter, scard, ...]], ...]
+    lifetime: list[bytes]
+    weeks: list[Any]  # [[meter, hash_flat], ...]
+    marks: list[bytes]
+    outbox: list[bytes]
+
+
+@dataclass(frozen=True)
+class FireCall:
+    account: str
+    # (field, expected mark, new mark, topic, payload)
+    candidates: Sequence[tuple[str, str, str, str, str]]
+
+
+def _script_source(name: str) -> str:
+    return resources.files("metering").joinpath(f"lua/{name}.lua").read_text()
+
+
+def connect(settings: Settings) -> redis.Redis | redis.cluster.RedisCluster:
+    kwargs: dict[str, Any] = {
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 15,
+    }
+    if settings.redis_username:
+        kwargs["username"] = settings.redis_username
+    if settings.redis_password:
+        kwargs["password"] = settings.redis_password.get_secret_value()
+    if settings.redis_ssl_ca_certs:
+        kwargs["ssl_ca_certs"] = str(settings.redis_ssl_ca_certs)
+    url = settings.redis_url.get_secret_value()
+    if settings.redis_cluster:
+        return redis.cluster.RedisCluster.from_url(url, **kwargs)
+    return redis.Redis.from_url(url, **kwargs)
+
+
+class Store:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None,
+                 client: redis.Redis | redis.cluster.RedisCluster | None = None) -> None:
+        self.prefix = settings.key_prefix
+        self.r = client if client is not None else connect(settings)
+        self.metrics = metrics
+        self.window_ms = int(settings.dedup_window.total_seconds() * 1000)
+        self._scripts = {
+            name: self.r.register_script(_script_source(name))
+            for name in ("apply", "fire", "subscription", "outbox_ack")
+        }
+
+    def base(self, account: str) -> str:
+        return keys.account_base(self.prefix, account)
+
+    @contextmanager
+    def _timed(self, script: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        finally:
+            if self.metrics is not None:
+                self.metrics.redis_seconds.labels(script).observe(time.perf_counter() - t0)
+
+    def _pipeline(self, script: str, calls: Sequence[T],
+                  args: Callable[[T], tuple[list[str], list[Any]]]) -> list[Any]:
+        if not calls:
+            return []
+        with self._timed(script):
+            pipe = self.r.pipeline(transaction=False)
+            s = self._scripts[script]
+            for call in calls:
+                k, a = args(call)
+                s(keys=k, args=a, client=pipe)
+            return list(pipe.execute())
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.r.ping())
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            return False
+
+    # -- usage ---------------------------------------------------------------------------
+
+    def apply(self, calls: Sequence[ApplyCall], now_ms: int, week_cutoff: str) -> list[ApplyResult]:
+        """Apply each account's events and read back its state; one round trip for all."""
+        if self.window_ms > 0:
+            bucket, ttl = now_ms // self.window_ms, (2 * self.window_ms) // 1000 + 3600
+        else:
+            bucket, ttl = 0, 0
+
+        def args(c: ApplyCall) -> tuple[list[str], list[Any]]:
+            base = self.base(c.account)
+            req = {"ev": c.events, "periods": c.periods, "uniq": c.uniq, "weeks": c.weeks,
+                   "marks": c.marks}
+            return [base + keys.SUB], [base, c.wm_field, bucket, ttl, week_cutoff, orjson.dumps(req)]
+
+        out = []
+        for raw in self._pipeline("apply", calls, args):
+            flags, sub, periods, life, weeks, marks, outbox = raw
+            out.append(ApplyResult(flags.decode(), sub, periods, life, weeks, marks, outbox))
+        return out
+
+    def fire(self, calls: Sequence[FireCall]) -> list[str]:
+        """Record triggers with their marks and outbox entries; per call, a flag per candidate."""
+
+        def args(c: FireCall) -> tuple[list[str], list[Any]]:
+            base = self.base(c.account)
+            return [base + keys.SUB], [base, orjson.dumps(c.candidates)]
+
+        return [r.decode() for r in self._pipeline("fire", calls, args)]
+
+    def ack_outbox(self, acks: Sequence[tuple[str, int, bytes]]) -> None:
+        """(account, n, first entry): drop the first n entries once Kafka acknowledged them."""
+
+        def args(a: tuple[str, int, bytes]) -> tuple[list[str], list[Any]]:
+            return [self.base(a[0]) + keys.OUTBOX], [a[1], a[2]]
+
+        self._pipeline("outbox_ack", acks, args)
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    def set_subscriptions(self, updates: Sequence[tuple[str, dict[str, str]]]) -> list[int]:
+        """(account, state) pairs; last by event time wins. 1 = applied, 0 = older than stored."""
+
+        def args(u: tuple[str, dict[str, str]]) -> tuple[list[str], list[Any]]:
+            flat: list[Any] = [u[1]["time"]]
+            for k, v in u[1].items():
+                flat += [k, v]
+            return [self.base(u[0]) + keys.SUB], flat
+
+        return [int(x) for x in self._pipeline("subscription", updates, args)]
+
+    # -- reads for the CLI and tests -----------------------------------------------------
+
+    def read_account(self, account: str, period: str, uniq: Sequence[str],
+                     weeks: Sequence[str]) -> ApplyResult:
+        """The state `metering account` shows: the apply script's read-back with no events
+        and a watermark field no consumer uses (so nothing is written)."""
+        call = ApplyCall(account, "__read__/0", (), (period,), uniq, weeks, ())
+        return self.apply([call], now_ms=0, week_cutoff="")[0]
+
+    def fired(self, account: str) -> dict[str, str]:
+        with self._timed("read"):
+            raw = self.r.hgetall(self.base(account) + keys.FIRED)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def outbox(self, account: str) -> list[bytes]:
+        with self._timed("read"):
+            return list(self.r.lrange(self.base(account) + keys.OUTBOX, 0, -1))
+
+    def close(self) -> None:
+        self.r.close()

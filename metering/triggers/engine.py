@@ -1,0 +1,58 @@
+"""Trigger evaluation for one batch: which state to read back, then which candidates to
+record. Pure but for a bounded memo of scopes known to have fired (an optimisation only:
+the store's compare-and-set is what guarantees once per scope)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from metering.events import Event
+from metering.state import AccountState
+from metering.triggers.candidate import Candidate
+from metering.triggers.kinds import Ctx, Item, evaluate_rule, feature_fields
+from rules.models import Catalog, FeatureRequest, PowerUser
+
+_MEMO_MAX = 200_000
+
+
+class TriggerEngine:
+    def __init__(self, catalog: Catalog, default_topic: str) -> None:
+        self.catalog = catalog
+        self.default_topic = default_topic
+        self._fired: set[tuple[str, str]] = set()  # (account, once-only field) already marked
+
+    def week_meters(self) -> list[str]:
+        return sorted({r.meter for r in self.catalog.triggers if isinstance(r, PowerUser)})
+
+    def topics(self) -> set[str]:
+        return {r.topic or self.default_topic for r in self.catalog.triggers}
+
+    def mark_fields(self, events: Sequence[Event]) -> list[str]:
+        """Marks of cooldown scopes the evaluation must see (their next id depends on them)."""
+        fields: list[str] = []
+        for rule in self.catalog.triggers:
+            if isinstance(rule, PowerUser):
+                fields.append(f"pu:{rule.id}")
+            elif isinstance(rule, FeatureRequest):
+                fields.extend(feature_fields(rule, events))
+        return fields
+
+    def evaluate(self, state: AccountState, items: Sequence[Item]) -> list[Candidate]:
+        if not items:
+            return []
+        out: dict[str, Candidate] = {}
+        for rule in self.catalog.triggers:
+            ctx = Ctx(self.catalog, state, items, rule.topic or self.default_topic)
+            for c in evaluate_rule(ctx, rule):
+                if c.field in out or (not c.expected and (state.account, c.field) in self._fired):
+                    continue
+                out[c.field] = c
+        return list(out.values())
+
+    def recorded(self, account: str, candidates: Sequence[Candidate]) -> None:
+        """After the store recorded or refused them, every once-only scope here is marked."""
+        if len(self._fired) > _MEMO_MAX:
+            self._fired.clear()
+        for c in candidates:
+            if c.field.startswith(("ut:", "ms:", "sp:")):
+                self._fired.add((account, c.field))

@@ -1,0 +1,190 @@
+"""The five trigger kinds (SPEC 3.3) as pure functions of an account's state after a batch.
+
+Evaluation is level-based: a condition is checked against the current aggregates, not the
+batch's increments. So a batch replayed after a crash — whose events the store skips as
+already applied — still finds the condition true and recreates any trigger that the crash
+lost before it was recorded; the fired marks make a second recording impossible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from metering.events import Event
+from metering.periods import iso_week, weeks_back
+from metering.pricing import format_money, offer_for_feature, offer_for_limit, offer_upgrade, price_bill
+from metering.pricing.offers import Offer
+from metering.state import AccountState
+from metering.triggers.candidate import Candidate, cooldown_next, number, trigger_id
+from rules.models import (
+    Catalog,
+    FeatureRequest,
+    Milestone,
+    PowerUser,
+    SpendThreshold,
+    Trigger,
+    UsageThreshold,
+)
+
+FEATURE_REQUESTED = "feature.requested"
+
+
+@dataclass(frozen=True)
+class Item:
+    """A non-duplicate event of the batch, with the meters it matched and its period."""
+
+    event: Event
+    period: str
+    meters: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Ctx:
+    catalog: Catalog
+    state: AccountState
+    items: Sequence[Item]
+    topic: str  # the rule's topic or the default
+
+    @property
+    def account(self) -> str:
+        return self.state.account
+
+    @property
+    def plan(self) -> str:
+        return self.state.subscription.plan
+
+    def latest(self, meter: str | None = None, period: str | None = None) -> int:
+        """Time of the newest batch event (matching the meter / period when given)."""
+        times = [i.event.time_ms for i in self.items
+                 if (meter is None or meter in i.meters) and (period is None or i.period == period)]
+        return max(times) if times else max(i.event.time_ms for i in self.items)
+
+    def candidate(self, kind: str, rule: str, field: str, time_ms: int, data: dict[str, object],
+                  expected: str = "", seq: int = 1) -> Candidate:
+        return Candidate(kind, rule, field, expected, seq, trigger_id(self.account, field, seq),
+                         self.topic, time_ms, {"rule": rule, "account": self.account, "plan": self.plan} | data)
+
+
+def _offer(offer: Offer | None) -> dict[str, object] | None:
+    return offer.to_json() if offer else None
+
+
+def usage_threshold(ctx: Ctx, rule: UsageThreshold) -> Iterator[Candidate]:
+    limits = ctx.catalog.plans[ctx.plan].limits
+    touched = {i.period for i in ctx.items}
+    for period, usage in ctx.state.periods.items():
+        if period not in touched:
+            continue
+        for meter in rule.meters:
+            limit = limits.get(meter)
+            value = usage.values.get(meter, Decimal(0))
+            if not limit:
+                continue
+            for level in rule.at:
+                if value * 100 < limit * level:
+                    break  # levels ascend (the loader checks): no higher one holds either
+                field = f"ut:{rule.id}:{meter}:{period}:{ctx.plan}:{level}"
+                yield ctx.candidate("usage_threshold", rule.id, field, ctx.latest(meter, period), {
+                    "meter": meter, "period": period, "value": number(value), "limit": number(limit),
+                    "percent": level, "offer": _offer(offer_for_limit(ctx.catalog, ctx.plan, meter)),
+                })
+
+
+def power_user(ctx: Ctx, rule: PowerUser) -> Iterator[Candidate]:
+    if not any(rule.meter in i.meters for i in ctx.items):
+        return
+    counts = ctx.state.weeks.get(rule.meter, {})
+    now = ctx.latest(rule.meter)
+    current = weeks_back(now, rule.weeks + 1)
+    # The current week counts once it reaches the minimum; until then the run ends last week.
+    window = current[: rule.weeks] if counts.get(iso_week(now), 0) >= rule.min_per_week else current[1:]
+    if not all(counts.get(w, 0) >= rule.min_per_week for w in window):
+        return
+    field = f"pu:{rule.id}"
+    expected = ctx.state.marks.get(field, "")
+    seq = cooldown_next(expected, now, rule.cooldown_days)
+    if seq is not None:
+        yield ctx.candidate("power_user", rule.id, field, now, {
+            "meter": rule.meter, "weeks": sorted(window), "min_per_week": rule.min_per_week,
+            "offer": _offer(offer_upgrade(ctx.catalog, ctx.plan)),
+        }, expected, seq)
+
+
+def feature_fields(rule: FeatureRequest, events: Sequence[Event]) -> list[str]:
+    return [f"fr:{rule.id}:{f}" for f in {_feature(e) for e in events} if f]
+
+
+def _feature(event: Event) -> str | None:
+    if event.type != FEATURE_REQUESTED or not isinstance(event.data, dict):
+        return None
+    feature = event.data.get("feature")
+    return feature if isinstance(feature, str) and feature else None
+
+
+def feature_request(ctx: Ctx, rule: FeatureRequest) -> Iterator[Candidate]:
+    sub = ctx.state.subscription
+    seen: set[str] = set()
+    for item in ctx.items:
+        feature = _feature(item.event)
+        if feature is None or feature in seen:
+            continue
+        seen.add(feature)
+        t = item.event.time_ms
+        offer = offer_for_feature(ctx.catalog, ctx.plan, sub.addons, feature, sub.tenure_days(t))
+        if offer is None:  # already has it, or nothing sells it: not an expansion signal
+            continue
+        field = f"fr:{rule.id}:{feature}"
+        expected = ctx.state.marks.get(field, "")
+        seq = cooldown_next(expected, t, rule.cooldown_days)
+        if seq is not None:
+            yield ctx.candidate("feature_request", rule.id, field, t,
+                                {"feature": feature, "offer": offer.to_json()}, expected, seq)
+
+
+def milestone(ctx: Ctx, rule: Milestone) -> Iterator[Candidate]:
+    total = ctx.state.lifetime.get(rule.meter, Decimal(0))
+    if total >= rule.value and any(rule.meter in i.meters for i in ctx.items):
+        yield ctx.candidate("milestone", rule.id, f"ms:{rule.id}", ctx.latest(rule.meter), {
+            "meter": rule.meter, "value": number(total), "milestone": number(rule.value),
+            "offer": _offer(offer_upgrade(ctx.catalog, ctx.plan)),
+        })
+
+
+def spend_threshold(ctx: Ctx, rule: SpendThreshold) -> Iterator[Candidate]:
+    sub = ctx.state.subscription
+    cap = sub.spend_cap
+    if cap is None:
+        return
+    touched = {i.period for i in ctx.items}
+    mu = ctx.catalog.minor_unit
+    for period, usage in ctx.state.periods.items():
+        if period not in touched:
+            continue
+        bill = price_bill(ctx.catalog, ctx.plan, annual=sub.annual, seats=sub.seats,
+                          addons=sub.addons, usage=usage.usage())
+        for level in rule.at:
+            if bill.total * 100 < cap * level:
+                break
+            yield ctx.candidate("spend_threshold", rule.id, f"sp:{rule.id}:{period}:{level}",
+                                ctx.latest(None, period), {
+                "period": period, "spend": format_money(bill.total, mu),
+                "spend_cap": format_money(cap, mu), "percent": level,
+                "offer": _offer(offer_upgrade(ctx.catalog, ctx.plan)),
+            })
+
+
+def evaluate_rule(ctx: Ctx, rule: Trigger) -> Iterator[Candidate]:
+    match rule:
+        case UsageThreshold():
+            return usage_threshold(ctx, rule)
+        case PowerUser():
+            return power_user(ctx, rule)
+        case FeatureRequest():
+            return feature_request(ctx, rule)
+        case Milestone():
+            return milestone(ctx, rule)
+        case SpendThreshold():
+            return spend_threshold(ctx, rule)
+    raise AssertionError(f"unknown trigger kind {rule!r}")
