@@ -56,5 +56,7 @@ def consumer(settings: Settings, *topics: str, **extra: Any) -> KafkaConsumer:
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": settings.max_poll_records,
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": max(500, settings.session_timeout_ms // 4),
     }
     return KafkaConsumer(*topics, **(cfg | extra))

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     partitions: int = Field(default=8, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1)
     max_poll_records: int = Field(default=2000, ge=1)
+    session_timeout_ms: int = Field(default=10000, ge=1000)
     max_event_bytes: int = Field(default=65536, ge=256)
 
     # Redis (the URL may carry a password: SecretStr keeps it out of logs and reprs)
