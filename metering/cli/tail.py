@@ -1,0 +1,183 @@
+"""`metering tail [TOPIC ...]`: follow trigger topics, one readable line per trigger (SPEC 5).
+
+No consumer group: every partition of every topic is assigned directly, so tailing never
+joins (or disturbs) the service's group and never commits offsets. It starts at the end
+unless `--from-beginning`. `--max N` / `--timeout S` (seconds idle) make it finite for
+tests and scripts.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from kafka import TopicPartition
+from kafka.errors import KafkaError
+
+from consumers import kafka_io
+from metering.cli.app import app, fail
+from metering.cli.common import catalog_or_fail, settings_or_fail
+from metering.settings import Settings
+
+KIND_PREFIX = "expansion."
+TOPIC_WAIT_S = 10.0  # how long to wait for a named topic's metadata before giving up on it
+
+
+def _short_id(trigger_id: object) -> str:
+    text = str(trigger_id)
+    return text if len(text) <= 8 else text[:8] + "…"
+
+
+def _offer(offer: object) -> str:
+    if not isinstance(offer, Mapping):
+        return ""
+    kind = "plan" if "plan" in offer else "addon" if "addon" in offer else None
+    if kind is None:
+        return ""
+    if offer.get("contact_sales"):
+        return f" -> offer {kind} {offer[kind]} (contact sales)"
+    delta = offer.get("monthly_delta")
+    price = f" +{delta}/mo" if delta is not None else ""
+    return f" -> offer {kind} {offer[kind]}{price}"
+
+
+def _percent(value: object) -> str:
+    return f" ({value}%)" if value is not None else ""
+
+
+def _details(kind: str, data: Mapping[str, Any]) -> str:
+    """The kind-specific middle of the line."""
+    if kind == "usage_threshold":
+        return f"{data.get('meter')} {data.get('value')}/{data.get('limit')}{_percent(data.get('percent'))}"
+    if kind == "power_user":
+        weeks = data.get("weeks")
+        n = len(weeks) if isinstance(weeks, list) else "?"
+        return f"{data.get('meter')} >={data.get('min_per_week')}/week for {n} weeks"
+    if kind == "feature_request":
+        return f"feature {data.get('feature')}"
+    if kind == "milestone":
+        return f"{data.get('meter')} {data.get('value')} >= {data.get('milestone')}"
+    if kind == "spend_threshold":
+        return (
+            f"spend {data.get('spend')}/{data.get('spend_cap')} {data.get('period')}"
+            f"{_percent(data.get('percent'))}"
+        )
+    return ""
+
+
+def format_trigger(event: Mapping[str, Any]) -> str:
+    """One readable line for a trigger CloudEvent (pure), e.g.
+    `2026-11-03T10:15:00Z usage_threshold acct-42 limit-warn api_calls 8000/10000 (80%)
+    -> offer plan starter +49.00/mo  [trg-ab12…]`."""
+    raw_kind = str(event.get("type", "?"))
+    kind = raw_kind[len(KIND_PREFIX) :] if raw_kind.startswith(KIND_PREFIX) else raw_kind
+    data = event.get("data")
+    data = data if isinstance(data, Mapping) else {}
+    account = event.get("subject") or data.get("account", "?")
+    parts = [str(event.get("time", "?")), kind, str(account), str(data.get("rule", "?"))]
+    details = _details(kind, data)
+    if details:
+        parts.append(details)
+    return " ".join(parts) + _offer(data.get("offer")) + f"  [{_short_id(event.get('id', '?'))}]"
+
+
+def default_topics(settings: Settings, rules: Path | None) -> list[str]:
+    """The triggers topic plus every rule's own topic (when rules are given)."""
+    topics = [settings.topic_triggers]
+    chosen = rules or settings.rules
+    if chosen is not None:
+        catalog = catalog_or_fail(chosen, settings)
+        topics += sorted({r.topic for r in catalog.triggers if r.topic} - set(topics))
+    return topics
+
+
+def _assign(consumer: Any, topics: Iterable[str]) -> list[Any]:
+    """TopicPartitions of every named topic that exists (waits briefly for metadata)."""
+    parts: list[Any] = []
+    for topic in topics:
+        deadline = time.monotonic() + TOPIC_WAIT_S
+        found = consumer.partitions_for_topic(topic)
+        while not found and time.monotonic() < deadline:
+            time.sleep(0.2)
+            found = consumer.partitions_for_topic(topic)
+        if not found:
+            typer.echo(f"metering: warning: topic {topic} does not exist; not followed", err=True)
+            continue
+        parts += [TopicPartition(topic, p) for p in sorted(found)]
+    return parts
+
+
+@app.command()
+def tail(
+    topics: Annotated[list[str] | None, typer.Argument(help="Topics (default: the trigger topics).")] = None,
+    *,
+    rules: Annotated[
+        Path | None, typer.Option("--rules", help="Rules file whose per-rule topics to follow.")
+    ] = None,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest.")] = False,
+    max_count: Annotated[
+        int | None, typer.Option("--max", min=1, help="Stop after this many triggers.")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0, help="Stop after this many seconds idle.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print each raw event (JSON) per line.")] = False,
+) -> None:
+    """Follow trigger topics and print one line per trigger."""
+    settings = settings_or_fail()
+    names = list(topics) if topics else default_topics(settings, rules)
+    try:
+        consumer = kafka_io.consumer(settings, group_id=None, enable_auto_commit=False)
+    except KafkaError as exc:
+        fail(f"cannot connect to Kafka at {settings.kafka_bootstrap}: {exc}")
+    seen = 0
+    try:
+        parts = _assign(consumer, names)
+        if not parts:
+            fail("none of the topics exists: " + ", ".join(names))
+        consumer.assign(parts)
+        if from_beginning:
+            consumer.seek_to_beginning(*parts)
+        else:
+            consumer.seek_to_end(*parts)
+        last = time.monotonic()
+        while max_count is None or seen < max_count:
+            if timeout is not None and time.monotonic() - last >= timeout:
+                break
+            batch = consumer.poll(timeout_ms=200)
+            records = sorted((r for rs in batch.values() for r in rs), key=lambda r: r.timestamp)
+            if records:
+                last = time.monotonic()
+            for rec in records:
+                if max_count is not None and seen >= max_count:
+                    break
+                seen += 1
+                _print(rec, as_json)
+    except KeyboardInterrupt:
+        pass
+    except KafkaError as exc:
+        fail(f"kafka: {exc}")
+    finally:
+        consumer.close(autocommit=False)
+
+
+def _print(rec: Any, as_json: bool) -> None:
+    value: bytes = rec.value or b""
+    if as_json:
+        line = value.decode("utf-8", "replace")
+    else:
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict):
+            line = format_trigger(doc)
+        else:
+            line = f"? {rec.topic}/{rec.partition}@{rec.offset}: not a JSON event ({len(value)} bytes)"
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
