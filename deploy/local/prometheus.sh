@@ -23,8 +23,10 @@ PLACEHOLDER="metering:9400"
 provision() {
   if ! command -v prometheus >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      # No recommends (node-exporter etc.). On a host with systemd the package also starts its
+      # own service on :9090; this script then refuses that port in one line (set PROMETHEUS_PORT).
       log "prometheus: installing Debian's prometheus"
-      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus) \
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
         >"$STATE/apt-prometheus.log" 2>&1 \
         || die "prometheus: apt-get install prometheus failed (see $STATE/apt-prometheus.log)"
     else
