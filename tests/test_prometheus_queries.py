@@ -105,6 +105,9 @@ class _FakeLoad:
 def metrics_target() -> Iterator[str]:
     """host:port of an HTTP server serving /metrics."""
     # TODO(run): replace with a live "metering run" under load once it exists
+    # The load must then also produce dead letters of every reason in REASONS, triggers,
+    # retries and account updates: test_dashboard_query_returns_data wants data on every
+    # panel and test_dead_letter_alert_matches_each_reason one series per reason.
     load = _FakeLoad()
 
     class Handler(BaseHTTPRequestHandler):
