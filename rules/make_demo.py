@@ -1,0 +1,193 @@
+"""Generate the demo input: rules/demo-accounts.jsonl and rules/demo-events.jsonl.
+
+    python rules/make_demo.py [--now 2026-11-22T10:00:00Z] [--out rules]
+
+Event times are relative to `--now` (default: the current time) so that they fall in the
+current billing period, except the power user's report runs, which must span the 4 ISO weeks
+up to now. Those older events are `late` under the default 48 h grace, so run the demo with
+METERING_LATE_GRACE=0 (accept any age). With the example rules (rules/example.yaml) it walks
+accounts through EVERY trigger kind:
+
+  acct-demo-free      free plan (no subscription): 10,000 api.request (api_calls 80% at
+                      8,000 and 100% at 10,000), 3 distinct users (active_users 3 of 3: 80%
+                      and 100%), storage snapshots 0.5 -> 0.8 -> 1.0 GB (storage_gb 80%, 100%)
+  acct-demo-power     starter: 3 report runs in each of the 4 ISO weeks up to now (power_user)
+  acct-demo-growth    starter since 90 days: asks for `sso` (offer: plan business) and
+                      `revenue_attribution_dashboard` (offer: add-on revenue_attribution,
+                      which needs 60 days of tenure) (feature_request x2)
+  acct-demo-payments  pro: 4 x 250,000.00 captured = 1,000,000 (milestone, topic
+                      usage.milestones)
+  acct-demo-spend     pro with spend_cap 200.00: 99.00 base + 2.9% + 0.20 per payment; 4
+                      payments of 1,000.00 bring the bill to 157.40 (< 80%), 186.60 (>= 80%),
+                      215.80 (>= 100%) (spend_threshold 80 and 100)
+
+Order matters for the subscriptions (a usage event is evaluated against the plan known when it
+is processed), so:
+
+    deploy/local/up.sh && metering topics create --rules rules/example.yaml
+    metering send rules/demo-accounts.jsonl --topic usage.accounts
+    METERING_LATE_GRACE=0 METERING_RULES=rules/example.yaml metering run &   # reads the accounts
+    metering send rules/demo-events.jsonl
+    metering tail --rules rules/example.yaml --from-beginning
+
+Identity: event ids carry the generation time, so a regenerated file is counted afresh while
+re-sending the same file is deduplicated (SPEC 4.1). Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+SOURCE = "demo"
+
+FREE = "acct-demo-free"
+POWER = "acct-demo-power"
+GROWTH = "acct-demo-growth"
+PAYMENTS = "acct-demo-payments"
+SPEND = "acct-demo-spend"
+ACCOUNTS = (FREE, POWER, GROWTH, PAYMENTS, SPEND)
+
+API_CALLS = 10_000  # the free plan's api_calls limit: 80% and 100% are both crossed
+REPORT_WEEKS = 4
+REPORTS_PER_WEEK = 3
+
+
+def rfc3339(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_now(text: str) -> datetime:
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if t.tzinfo is None:
+        raise ValueError(f"--now {text!r} needs a UTC offset (e.g. Z)")
+    return t.astimezone(UTC)
+
+
+def period_start(now: datetime) -> datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def week_start(t: datetime) -> datetime:
+    """Monday 00:00 UTC of t's ISO week."""
+    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day - timedelta(days=day.weekday())
+
+
+def spread(now: datetime, n: int, span: timedelta = timedelta(hours=1)) -> Iterator[datetime]:
+    """n ascending times in (now - span, now], never before the current period's start."""
+    start = max(period_start(now), now - span)
+    width = now - start
+    for i in range(n):
+        yield start + width * (i + 1) / n
+
+
+@dataclass
+class Builder:
+    now: datetime
+    tag: str  # makes ids unique per generation
+
+    def __post_init__(self) -> None:
+        self.n = 0
+
+    def event(self, type_: str, account: str, t: datetime, data: dict[str, Any]) -> dict[str, Any]:
+        self.n += 1
+        return {
+            "specversion": "1.0",
+            "id": f"{self.tag}-{self.n}",
+            "source": SOURCE,
+            "type": type_,
+            "subject": account,
+            "time": rfc3339(t),
+            "data": data,
+        }
+
+
+def accounts(now: datetime) -> list[dict[str, Any]]:
+    """subscription.updated records for usage.accounts (acct-demo-free stays on the default plan)."""
+    b = Builder(now, "sub-" + now.strftime("%Y%m%d%H%M%S"))
+    t = now - timedelta(days=1)
+
+    def sub(account: str, plan: str, started_days: int, **extra: Any) -> dict[str, Any]:
+        data = {
+            "plan": plan,
+            "billing": "monthly",
+            "addons": [],
+            "started_at": rfc3339(now - timedelta(days=started_days)),
+        } | extra
+        return b.event("subscription.updated", account, t, data)
+
+    return [
+        sub(POWER, "starter", 120),
+        sub(GROWTH, "starter", 90),
+        sub(PAYMENTS, "pro", 365),
+        sub(SPEND, "pro", 200, spend_cap="200.00"),
+    ]
+
+
+def events(now: datetime) -> list[dict[str, Any]]:
+    """The usage events, sorted by time."""
+    b = Builder(now, "d" + now.strftime("%Y%m%d%H%M%S"))
+    out: list[dict[str, Any]] = []
+    # acct-demo-free: api_calls to 100%, 3 active users, storage to 100%.
+    for i, t in enumerate(spread(now, API_CALLS)):
+        out.append(b.event("api.request", FREE, t, {"user_id": f"u-{i % 3 + 1}", "concurrency": i % 4 + 1}))
+    for gb, t in zip(("0.5", "0.8", "1.0"), spread(now, 3, timedelta(minutes=30)), strict=True):
+        out.append(b.event("storage.snapshot", FREE, t, {"gb": gb}))
+    # acct-demo-power: 3 report runs in each of the 4 ISO weeks up to now (the current one
+    # included; its runs are in the last minutes, never before this week's Monday).
+    this_week = week_start(now)
+    for back in range(REPORT_WEEKS - 1, 0, -1):
+        tuesday = this_week - timedelta(weeks=back) + timedelta(days=1, hours=10)
+        for i in range(REPORTS_PER_WEEK):
+            out.append(b.event("feature.used", POWER, tuesday + timedelta(hours=i), {"feature": "reports"}))
+    first = max(this_week, now - timedelta(minutes=5))
+    for i in range(REPORTS_PER_WEEK):
+        t = min(now, first + timedelta(seconds=10 * i))
+        out.append(b.event("feature.used", POWER, t, {"feature": "reports"}))
+    # acct-demo-growth: two gated features.
+    for feature, t in zip(
+        ("sso", "revenue_attribution_dashboard"), spread(now, 2, timedelta(minutes=20)), strict=True
+    ):
+        out.append(b.event("feature.requested", GROWTH, t, {"feature": feature, "user_id": "u-9"}))
+    # acct-demo-payments: a million captured.
+    for t in spread(now, 4, timedelta(minutes=40)):
+        out.append(b.event("payment.captured", PAYMENTS, t, {"amount": "250000.00", "currency": "USD"}))
+    # acct-demo-spend: 4 payments of 1,000.00 against a 200.00 cap.
+    for t in spread(now, 4, timedelta(minutes=10)):
+        out.append(b.event("payment.captured", SPEND, t, {"amount": "1000.00", "currency": "USD"}))
+    out.sort(key=lambda e: e["time"])
+    return out
+
+
+def dump(records: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, separators=(",", ":")) + "\n")
+
+
+def write_demo(now: datetime, out_dir: Path = HERE) -> tuple[Path, Path]:
+    acc, ev = out_dir / "demo-accounts.jsonl", out_dir / "demo-events.jsonl"
+    dump(accounts(now), acc)
+    dump(events(now), ev)
+    return acc, ev
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--now", help="RFC 3339 time the demo is relative to (default: now)")
+    parser.add_argument("--out", type=Path, default=HERE, help="directory to write to (default: rules/)")
+    args = parser.parse_args(argv)
+    now = parse_now(args.now) if args.now else datetime.now(UTC)
+    acc, ev = write_demo(now.replace(microsecond=0), args.out)
+    print(f"wrote {acc} and {ev} (times relative to {rfc3339(now)}; run with METERING_LATE_GRACE=0)")
+
+
+if __name__ == "__main__":
+    main()
