@@ -10,8 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 
-def serve(host: str, port: int, registry: CollectorRegistry, healthy: Callable[[], bool],
-          ready: Callable[[], bool]) -> ThreadingHTTPServer:
+def serve(
+    host: str, port: int, registry: CollectorRegistry, healthy: Callable[[], bool], ready: Callable[[], bool]
+) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -33,7 +34,7 @@ def serve(host: str, port: int, registry: CollectorRegistry, healthy: Callable[[
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass  # scrapes every few seconds would drown the service's own log
 
     server = ThreadingHTTPServer((host, port), Handler)

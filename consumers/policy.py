@@ -26,8 +26,14 @@ class Stopping(Exception):
 
 
 class Retry:
-    def __init__(self, stop: threading.Event, on_failure: Callable[[str], None],
-                 on_recovery: Callable[[], None], initial: float = 0.1, cap: float = 5.0) -> None:
+    def __init__(
+        self,
+        stop: threading.Event,
+        on_failure: Callable[[str], None],
+        on_recovery: Callable[[], None],
+        initial: float = 0.1,
+        cap: float = 5.0,
+    ) -> None:
         self.stop = stop
         self.on_failure = on_failure
         self.on_recovery = on_recovery
@@ -41,8 +47,11 @@ class Retry:
             try:
                 result = fn()
             except TransientError as exc:
-                dependency = "redis" if isinstance(exc, StoreUnavailable) else (
-                    "kafka" if isinstance(exc, BrokerUnavailable) else "other")
+                dependency = (
+                    "redis"
+                    if isinstance(exc, StoreUnavailable)
+                    else ("kafka" if isinstance(exc, BrokerUnavailable) else "other")
+                )
                 if not failed:
                     log.warning("%s failed, retrying with backoff: %s", what, exc)
                 failed = True

@@ -14,6 +14,7 @@ outbox and are published again with the same id.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -55,8 +56,13 @@ JSON_HEADERS = [("content-type", b"application/cloudevents+json; charset=utf-8")
 
 
 class Service:
-    def __init__(self, settings: Settings, catalog: Catalog, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.metrics = metrics or Metrics()
@@ -64,8 +70,9 @@ class Service:
         self.clock = clock
         self.index = MeterIndex(catalog)
         self.engine = TriggerEngine(catalog, settings.topic_triggers)
-        self.limits = Limits(settings.max_event_bytes, delta_ms(settings.late_grace),
-                             delta_ms(settings.future_tolerance))
+        self.limits = Limits(
+            settings.max_event_bytes, delta_ms(settings.late_grace), delta_ms(settings.future_tolerance)
+        )
         self.stop = threading.Event()
         self.store = Store(settings, self.metrics)
         self.retry = Retry(self.stop, self._dependency_failed, self._dependency_recovered)
@@ -158,7 +165,9 @@ class Service:
         t0 = time.perf_counter()
         now_ms = int(self.clock() * 1000)
         events_topic = self.settings.topic_events
-        records = [Record(r.topic, r.partition, r.offset, r.key, r.value, r.headers or ()) for r in raw_records]
+        records = [
+            Record(r.topic, r.partition, r.offset, r.key, r.value, r.headers or ()) for r in raw_records
+        ]
         usage = [r for r in records if r.topic == events_topic]
         accounts = [r for r in records if r.topic != events_topic]
         self.metrics.events_consumed.inc(len(usage))
@@ -191,8 +200,9 @@ class Service:
 
     def _apply_usage(self, plan: BatchPlan, now_ms: int) -> list[ApplyResult]:
         cutoff = weeks_back(now_ms, 12)[-1]
-        results = self.retry("applying usage",
-                             lambda: self.store.apply([a.call for a in plan.accounts], now_ms, cutoff))
+        results = self.retry(
+            "applying usage", lambda: self.store.apply([a.call for a in plan.accounts], now_ms, cutoff)
+        )
         processed = dup = redelivered = 0
         lag = self.metrics.event_lag
         for acct, res in zip(plan.accounts, results, strict=True):
@@ -217,23 +227,41 @@ class Service:
             if not self.catalog.triggers:
                 break
             sub = from_store(pairs(res.subscription), self.catalog)
-            state = build_state(self.catalog, acct.call.account, sub, res.periods, res.lifetime,
-                                res.weeks, acct.call.marks, res.marks)
+            state = build_state(
+                self.catalog,
+                acct.call.account,
+                sub,
+                res.periods,
+                res.lifetime,
+                res.weeks,
+                acct.call.marks,
+                res.marks,
+            )
             found = self.engine.evaluate(state, items_for(acct, res.flags))
             if found:
                 account = acct.call.account
-                calls.append(FireCall(account, [(c.field, c.expected, c.mark(), c.topic, c.payload(account))
-                                                for c in found]))
+                calls.append(
+                    FireCall(
+                        account, [(c.field, c.expected, c.mark(), c.topic, c.payload(account)) for c in found]
+                    )
+                )
                 cands.append((acct, found))
         flags = self.retry("recording triggers", lambda: self.store.fire(calls))
         recorded: dict[str, list[Candidate]] = {}
         for (acct, found), f in zip(cands, flags, strict=True):
             self.engine.recorded(acct.call.account, found)
-            recorded.setdefault(acct.call.account, []).extend(c for c, ok in zip(found, f, strict=True) if ok == "1")
+            recorded.setdefault(acct.call.account, []).extend(
+                c for c, ok in zip(found, f, strict=True) if ok == "1"
+            )
         return recorded
 
-    def _publish(self, plan: BatchPlan, results: Sequence[ApplyResult],
-                 recorded: dict[str, list[Candidate]], dead: Sequence[DeadLetter]) -> None:
+    def _publish(
+        self,
+        plan: BatchPlan,
+        results: Sequence[ApplyResult],
+        recorded: dict[str, list[Candidate]],
+        dead: Sequence[DeadLetter],
+    ) -> None:
         """Outbox entries (older ones first, then this batch's) and dead letters, acked."""
         entries: list[tuple[str, list[bytes]]] = []
         seen: set[str] = set()
@@ -255,11 +283,20 @@ class Service:
                 for account, items in entries:
                     for item in items:
                         topic, _, payload = item.partition(b"\n")
-                        futures.append(self.producer.send(topic.decode(), key=account.encode(), value=payload,
-                                                          headers=JSON_HEADERS))
+                        futures.append(
+                            self.producer.send(
+                                topic.decode(), key=account.encode(), value=payload, headers=JSON_HEADERS
+                            )
+                        )
                 for d in dead:
-                    futures.append(self.producer.send(self.settings.topic_deadletter, key=d.record.key,
-                                                      value=d.record.value, headers=dead_letter_headers(d)))
+                    futures.append(
+                        self.producer.send(
+                            self.settings.topic_deadletter,
+                            key=d.record.key,
+                            value=d.record.value,
+                            headers=dead_letter_headers(d),
+                        )
+                    )
                 self.producer.flush(timeout=30)
                 for f in futures:
                     f.get(timeout=30)
@@ -267,8 +304,10 @@ class Service:
                 raise BrokerUnavailable(f"publish: {exc}") from exc
 
         self.retry("publishing triggers and dead letters", send)
-        self.retry("acknowledging the outbox",
-                   lambda: self.store.ack_outbox([(a, len(items), items[0]) for a, items in entries]))
+        self.retry(
+            "acknowledging the outbox",
+            lambda: self.store.ack_outbox([(a, len(items), items[0]) for a, items in entries]),
+        )
         self.metrics.outbox_depth.set(0)
         for _, items in entries:
             for item in items:
@@ -321,11 +360,10 @@ def _kind_of(entry: bytes) -> str:
     if i < 0:
         return "unknown"
     j = entry.find(b'"', i + len(marker))
-    return entry[i + len(marker): j].decode()
+    return entry[i + len(marker) : j].decode()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-
     def __init__(self, service: Service) -> None:
         self.service = service
 
@@ -334,10 +372,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # listener runs inside poll.
         self.service._assigned.difference_update(revoked)
         for tp in revoked:
-            try:
+            with contextlib.suppress(KeyError):
                 self.service.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
-            except KeyError:
-                pass
         self.service.metrics.ready.set(1 if self.service.ready() else 0)
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:

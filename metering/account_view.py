@@ -33,8 +33,9 @@ def account_view(store: Store, catalog: Catalog, account: str, period: str) -> d
             "limit": number(limit) if limit is not None else None,
             "percent": round(float(value * 100 / limit), 1) if limit else None,
         }
-    bill = price_bill(catalog, sub.plan, annual=sub.annual, seats=sub.seats, addons=sub.addons,
-                      usage=usage.usage())
+    bill = price_bill(
+        catalog, sub.plan, annual=sub.annual, seats=sub.seats, addons=sub.addons, usage=usage.usage()
+    )
     marks = [orjson.loads(m) for m in store.fired(account).values()]
     triggers = sorted(
         ({"id": m["id"], "type": m["type"], "rule": m["rule"], "time": m["time"]} for m in marks),

@@ -71,8 +71,9 @@ def check_time(event: Event, now_ms: int, limits: Limits) -> None:
         raise BadEvent("late", "event time is before the current period's start minus the grace period")
 
 
-def plan_batch(records: Sequence[Record], index: MeterIndex, engine: TriggerEngine,
-               limits: Limits, now_ms: int) -> BatchPlan:
+def plan_batch(
+    records: Sequence[Record], index: MeterIndex, engine: TriggerEngine, limits: Limits, now_ms: int
+) -> BatchPlan:
     groups: dict[tuple[str, str], AccountBatch] = {}
     pending: dict[tuple[str, str], tuple[list[Event], list[EventArg]]] = {}
     dead: list[DeadLetter] = []
@@ -87,8 +88,16 @@ def plan_batch(records: Sequence[Record], index: MeterIndex, engine: TriggerEngi
         key = (event.account, f"{rec.topic}/{rec.partition}")
         evs, args = pending.setdefault(key, ([], []))
         evs.append(event)
-        args.append((rec.offset, id_digest(event.source, event.id), period_of(event.time_ms),
-                     iso_week(event.time_ms), event.time_ms, updates))
+        args.append(
+            (
+                rec.offset,
+                id_digest(event.source, event.id),
+                period_of(event.time_ms),
+                iso_week(event.time_ms),
+                event.time_ms,
+                updates,
+            )
+        )
     current = period_of(now_ms)
     uniq = [n for n, m in index.meters.items() if m.aggregation == "unique_count"]
     weeks = engine.week_meters()

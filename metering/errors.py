@@ -71,7 +71,3 @@ class StoreUnavailable(TransientError):
 
 class BrokerUnavailable(TransientError):
     """Kafka could not be reached, or a publish was not acknowledged."""
-
-
-class Fenced(MeteringError):
-    """This member no longer owns a partition: its in-flight batch must not be applied."""

@@ -18,7 +18,7 @@ from metering.events import Event
 from rules.models import Catalog, Meter
 
 SCALE_DIGITS = 6
-SCALE = 10**SCALE_DIGITS
+SCALE: int = 1_000_000  # 10 ** SCALE_DIGITS
 MAX_QUANTITY = Decimal(10) ** 12  # per event; keeps a period's int64 micro-unit sum far from overflow
 MAX_MEMBER_BYTES = 512
 
@@ -59,7 +59,11 @@ def quantity(raw: Any, meter: str) -> Decimal:
     if q > MAX_QUANTITY:
         raise BadEvent("bad_value", f"meter {meter}: quantity {q:.3E} exceeds {MAX_QUANTITY:.0E}")
     exponent = q.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -SCALE_DIGITS and q != q.quantize(Decimal(1).scaleb(-SCALE_DIGITS)):
+    if (
+        isinstance(exponent, int)
+        and exponent < -SCALE_DIGITS
+        and q != q.quantize(Decimal(1).scaleb(-SCALE_DIGITS))
+    ):
         raise BadEvent("bad_value", f"meter {meter}: more than {SCALE_DIGITS} decimal places")
     return q
 

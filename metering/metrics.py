@@ -11,7 +11,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 
 # `_created` series double the page and are read by no panel or alert.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -24,45 +24,77 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
         self.events_consumed = Counter(
-            "metering_events_consumed_total", "Usage event records polled from Kafka.", registry=r)
+            "metering_events_consumed_total", "Usage event records polled from Kafka.", registry=r
+        )
         self.events_processed = Counter(
-            "metering_events_processed_total", "Usage events counted into the aggregates.", registry=r)
+            "metering_events_processed_total", "Usage events counted into the aggregates.", registry=r
+        )
         self.events_deduplicated = Counter(
             "metering_events_deduplicated_total",
             "Events not counted again: duplicate (source, id) or an already applied offset.",
-            ["kind"], registry=r)
+            ["kind"],
+            registry=r,
+        )
         self.events_deadlettered = Counter(
-            "metering_events_deadlettered_total", "Records sent to the dead-letter topic.",
-            ["reason"], registry=r)
+            "metering_events_deadlettered_total",
+            "Records sent to the dead-letter topic.",
+            ["reason"],
+            registry=r,
+        )
         self.account_updates = Counter(
-            "metering_account_updates_total", "Subscription records from the accounts topic.",
-            ["result"], registry=r)
+            "metering_account_updates_total",
+            "Subscription records from the accounts topic.",
+            ["result"],
+            registry=r,
+        )
         self.triggers_published = Counter(
-            "metering_triggers_published_total", "Expansion triggers acknowledged by Kafka.",
-            ["kind"], registry=r)
+            "metering_triggers_published_total",
+            "Expansion triggers acknowledged by Kafka.",
+            ["kind"],
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "metering_batch_size_records", "Records per processed batch.",
-            buckets=_BATCH_BUCKETS, registry=r)
+            "metering_batch_size_records", "Records per processed batch.", buckets=_BATCH_BUCKETS, registry=r
+        )
         self.batch_seconds = Histogram(
-            "metering_batch_duration_seconds", "Wall time to process one batch, poll to commit.",
-            buckets=_SECONDS, registry=r)
+            "metering_batch_duration_seconds",
+            "Wall time to process one batch, poll to commit.",
+            buckets=_SECONDS,
+            registry=r,
+        )
         self.event_lag = Histogram(
-            "metering_event_lag_seconds", "Event time to processing time of counted events.",
-            buckets=_LAG_SECONDS, registry=r)
+            "metering_event_lag_seconds",
+            "Event time to processing time of counted events.",
+            buckets=_LAG_SECONDS,
+            registry=r,
+        )
         self.redis_seconds = Histogram(
-            "metering_redis_script_duration_seconds", "Redis round trips of the store's scripts.",
-            ["script"], buckets=_SECONDS, registry=r)
+            "metering_redis_script_duration_seconds",
+            "Redis round trips of the store's scripts.",
+            ["script"],
+            buckets=_SECONDS,
+            registry=r,
+        )
         self.consumer_lag = Gauge(
-            "metering_consumer_lag_records", "Records behind the end of each assigned partition.",
-            ["topic", "partition"], registry=r)
+            "metering_consumer_lag_records",
+            "Records behind the end of each assigned partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.outbox_depth = Gauge(
-            "metering_outbox_depth", "Triggers recorded in Redis and not yet acknowledged by Kafka.",
-            registry=r)
+            "metering_outbox_depth",
+            "Triggers recorded in Redis and not yet acknowledged by Kafka.",
+            registry=r,
+        )
         self.retries = Counter(
-            "metering_dependency_retries_total", "Retries after a dependency failed.",
-            ["dependency"], registry=r)
+            "metering_dependency_retries_total",
+            "Retries after a dependency failed.",
+            ["dependency"],
+            registry=r,
+        )
         self.ready = Gauge(
-            "metering_ready", "1 when partitions are assigned and Redis and Kafka answer.", registry=r)
+            "metering_ready", "1 when partitions are assigned and Redis and Kafka answer.", registry=r
+        )
         self.rules = Info("metering_rules", "The loaded rules catalog.", registry=r)
 
     def set_rules(self, version: str, source: str) -> None:

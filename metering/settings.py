@@ -82,9 +82,7 @@ class Settings(BaseSettings):
         if self.kafka_security_protocol.startswith("SASL") and not (
             self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
         ):
-            raise ValueError(
-                "SASL needs METERING_KAFKA_SASL_MECHANISM, _USERNAME and _PASSWORD"
-            )
+            raise ValueError("SASL needs METERING_KAFKA_SASL_MECHANISM, _USERNAME and _PASSWORD")
         return self
 
 

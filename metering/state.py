@@ -43,8 +43,9 @@ def _pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
     return dict(zip(it, it, strict=True))
 
 
-def parse_period(catalog: Catalog, period: str, hash_flat: Sequence[bytes | str],
-                 uniques: Sequence[bytes | str | int]) -> PeriodUsage:
+def parse_period(
+    catalog: Catalog, period: str, hash_flat: Sequence[bytes | str], uniques: Sequence[bytes | str | int]
+) -> PeriodUsage:
     raw = _pairs(hash_flat)
     values: dict[str, Decimal] = {}
     counts: dict[str, int] = {}
@@ -85,10 +86,16 @@ def pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
     return _pairs(flat)
 
 
-def build_state(catalog: Catalog, account: str, subscription: Subscription,
-                periods: Sequence[Sequence[object]], life: Sequence[bytes | str],
-                weeks: Sequence[Sequence[object]], mark_fields: Sequence[str],
-                marks: Sequence[bytes | str]) -> AccountState:
+def build_state(
+    catalog: Catalog,
+    account: str,
+    subscription: Subscription,
+    periods: Sequence[Sequence[object]],
+    life: Sequence[bytes | str],
+    weeks: Sequence[Sequence[object]],
+    mark_fields: Sequence[str],
+    marks: Sequence[bytes | str],
+) -> AccountState:
     """AccountState from the apply script's read-back (see metering/lua/apply.lua)."""
     parsed = {}
     for period, flat, uniq in periods:
@@ -97,5 +104,7 @@ def build_state(catalog: Catalog, account: str, subscription: Subscription,
     week_map = {}
     for meter, flat in weeks:
         week_map[meter.decode() if isinstance(meter, bytes) else str(meter)] = parse_weeks(flat)  # type: ignore[arg-type]
-    mark_map = {f: (m.decode() if isinstance(m, bytes) else m) for f, m in zip(mark_fields, marks, strict=True)}
+    mark_map = {
+        f: (m.decode() if isinstance(m, bytes) else m) for f, m in zip(mark_fields, marks, strict=True)
+    }
     return AccountState(account, subscription, parsed, parse_lifetime(catalog, life), week_map, mark_map)

@@ -66,7 +66,10 @@ def _script_source(name: str) -> str:
     return resources.files("metering").joinpath(f"lua/{name}.lua").read_text()
 
 
-def connect(settings: Settings) -> redis.Redis | redis.cluster.RedisCluster:
+Client = redis.Redis | redis.cluster.RedisCluster  # type: ignore[type-arg]
+
+
+def connect(settings: Settings) -> Client:
     kwargs: dict[str, Any] = {
         "socket_timeout": 10,
         "socket_connect_timeout": 5,
@@ -85,14 +88,18 @@ def connect(settings: Settings) -> redis.Redis | redis.cluster.RedisCluster:
 
 
 class Store:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None,
-                 client: redis.Redis | redis.cluster.RedisCluster | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        client: Client | None = None,
+    ) -> None:
         self.prefix = settings.key_prefix
         self.r = client if client is not None else connect(settings)
         self.metrics = metrics
         self.window_ms = int(settings.dedup_window.total_seconds() * 1000)
         self._scripts = {
-            name: self.r.register_script(_script_source(name))
+            name: self.r.register_script(_script_source(name))  # type: ignore[union-attr]
             for name in ("apply", "fire", "subscription", "outbox_ack")
         }
 
@@ -110,17 +117,53 @@ class Store:
             if self.metrics is not None:
                 self.metrics.redis_seconds.labels(script).observe(time.perf_counter() - t0)
 
-    def _pipeline(self, script: str, calls: Sequence[T],
-                  args: Callable[[T], tuple[list[str], list[Any]]]) -> list[Any]:
+    def _pipeline(
+        self, script: str, calls: Sequence[T], args: Callable[[T], tuple[list[str], list[Any]]]
+    ) -> list[Any]:
         if not calls:
             return []
         with self._timed(script):
+            if isinstance(self.r, redis.cluster.RedisCluster):
+                return self._cluster_pipeline(script, calls, args)
             pipe = self.r.pipeline(transaction=False)
             s = self._scripts[script]
             for call in calls:
                 k, a = args(call)
                 s(keys=k, args=a, client=pipe)
             return list(pipe.execute())
+
+    def _cluster_pipeline(
+        self, script: str, calls: Sequence[T], args: Callable[[T], tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """redis-py's cluster pipeline refuses EVALSHA, so: one plain pipeline per master,
+        each call routed by its KEYS[1] (all its keys share that slot). A MOVED reply after a
+        reshard refreshes the slot map and is retried as a transient failure."""
+        assert isinstance(self.r, redis.cluster.RedisCluster)
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        s = self._scripts[script]
+        for i, call in enumerate(calls):
+            k, a = args(call)
+            node = self.r.get_node_from_key(k[0])
+            if node is None or node.redis_connection is None:
+                self.r.nodes_manager.initialize()
+                raise StoreUnavailable(f"redis cluster: no node serves {k[0]!r}")
+            if node.name not in by_node:
+                by_node[node.name] = (node.redis_connection.pipeline(transaction=False), [])
+            pipe, idx = by_node[node.name]
+            s(keys=k, args=a, client=pipe)
+            idx.append(i)
+        out: list[Any] = [None] * len(calls)
+        for pipe, idx in by_node.values():
+            try:
+                replies = pipe.execute()
+            except redis.ResponseError as exc:
+                if "MOVED" in str(exc) or "ASK" in str(exc):
+                    self.r.nodes_manager.initialize()
+                    raise StoreUnavailable(f"redis cluster slots moved: {exc}") from exc
+                raise
+            for i, reply in zip(idx, replies, strict=True):
+                out[i] = reply
+        return out
 
     def ping(self) -> bool:
         try:
@@ -139,8 +182,7 @@ class Store:
 
         def args(c: ApplyCall) -> tuple[list[str], list[Any]]:
             base = self.base(c.account)
-            req = {"ev": c.events, "periods": c.periods, "uniq": c.uniq, "weeks": c.weeks,
-                   "marks": c.marks}
+            req = {"ev": c.events, "periods": c.periods, "uniq": c.uniq, "weeks": c.weeks, "marks": c.marks}
             return [base + keys.SUB], [base, c.wm_field, bucket, ttl, week_cutoff, orjson.dumps(req)]
 
         out = []
@@ -181,8 +223,9 @@ class Store:
 
     # -- reads for the CLI and tests -----------------------------------------------------
 
-    def read_account(self, account: str, period: str, uniq: Sequence[str],
-                     weeks: Sequence[str]) -> ApplyResult:
+    def read_account(
+        self, account: str, period: str, uniq: Sequence[str], weeks: Sequence[str]
+    ) -> ApplyResult:
         """The state `metering account` shows: the apply script's read-back with no events
         and a watermark field no consumer uses (so nothing is written)."""
         call = ApplyCall(account, "__read__/0", (), (period,), uniq, weeks, ())

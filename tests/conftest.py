@@ -25,9 +25,7 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 @pytest.fixture(scope="session")
 def services() -> dict[str, str]:
     """Kafka and Redis are up (started idempotently); fails, never skips, when they cannot be."""
-    proc = subprocess.run(
-        [str(LOCAL / "up.sh")], capture_output=True, text=True, timeout=300, check=False
-    )
+    proc = subprocess.run([str(LOCAL / "up.sh")], capture_output=True, text=True, timeout=300, check=False)
     if proc.returncode != 0:
         pytest.fail(f"local services did not start: {proc.stderr.strip()}", pytrace=False)
     return {"kafka": KAFKA, "redis": REDIS_URL}

@@ -8,8 +8,12 @@ from collections.abc import Iterable
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 
-def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]],
-            headers: list[tuple[str, bytes]] | None = None) -> int:
+def produce(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes]],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> int:
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     n = 0
     for key, value in records:

@@ -36,9 +36,13 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
 def start_run(settings: Settings, log: Path, **extra: str) -> subprocess.Popen[bytes]:
     """`metering run` as a child process (its own session, so a test can signal it alone)."""
     fh = log.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "metering.cli", "run"],
-                            env=service_env(settings, **extra), stdout=fh, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "metering.cli", "run"],
+        env=service_env(settings, **extra),
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:

@@ -43,8 +43,12 @@ def test_spec_topics_exist_with_compaction(settings: Settings) -> None:
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
         topics = set(admin.list_topics())
-        for name in (settings.topic_events, settings.topic_accounts, settings.topic_triggers,
-                     settings.topic_deadletter):
+        for name in (
+            settings.topic_events,
+            settings.topic_accounts,
+            settings.topic_triggers,
+            settings.topic_deadletter,
+        ):
             assert name in topics
         described = admin.describe_topics([settings.topic_events])
         assert len(described[0]["partitions"]) == settings.partitions
@@ -60,9 +64,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _script(name: str, action: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(LOCAL / name), action], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=timeout, check=False)
+def _script(
+    name: str, action: str, env: dict[str, str], timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LOCAL / name), action],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.mark.slow
@@ -113,8 +125,12 @@ def test_port_taken_is_one_clear_line(tmp_path: Path) -> None:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        env = {"METERING_LOCAL_STATE": str(tmp_path), "KAFKA_PORT": str(port),
-               "KAFKA_CONTROLLER_PORT": str(_free_port()), "REDIS_PORT": str(port)}
+        env = {
+            "METERING_LOCAL_STATE": str(tmp_path),
+            "KAFKA_PORT": str(port),
+            "KAFKA_CONTROLLER_PORT": str(_free_port()),
+            "REDIS_PORT": str(port),
+        }
         for name in ("kafka.sh", "redis.sh"):
             t0 = time.monotonic()
             proc = _script(name, "start", env, timeout=30)
@@ -125,8 +141,12 @@ def test_port_taken_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_java_missing_is_one_clear_line(tmp_path: Path) -> None:
-    env = {"METERING_LOCAL_STATE": str(tmp_path), "JAVA_BIN": str(tmp_path / "no-such-java"),
-           "KAFKA_PORT": str(_free_port()), "KAFKA_CONTROLLER_PORT": str(_free_port())}
+    env = {
+        "METERING_LOCAL_STATE": str(tmp_path),
+        "JAVA_BIN": str(tmp_path / "no-such-java"),
+        "KAFKA_PORT": str(_free_port()),
+        "KAFKA_CONTROLLER_PORT": str(_free_port()),
+    }
     proc = _script("kafka.sh", "start", env, timeout=30)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()

@@ -24,8 +24,9 @@ from tests.workload import generate, mismatches
 
 def _seek_group(settings: Settings, offsets: dict[int, int]) -> None:
     """Move the (idle) group's committed offsets back, as an operator's reset would."""
-    c = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.group_id,
-                      enable_auto_commit=False)
+    c = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.group_id, enable_auto_commit=False
+    )
     tps = {p: TopicPartition(settings.topic_events, p) for p in offsets}
     c.assign(list(tps.values()))
     c.commit({tps[p]: OffsetAndMetadata(o, "", -1) for p, o in offsets.items()})
@@ -52,9 +53,11 @@ def test_100k_events_with_duplicates_and_replay_are_exact(settings: Settings) ->
     wait_committed(settings, timeout=10)
     redelivered = service.metrics.events_deduplicated.labels("redelivered")._value.get()
     duplicates = service.metrics.events_deduplicated.labels("duplicate")._value.get()
-    print(f"\n100k stream: {len(records)} records, {len(oracle.seen)} distinct ids, "
-          f"{len(oracle.accounts())} accounts; second run: {redelivered:.0f} redelivered, "
-          f"{duplicates:.0f} duplicates skipped")
+    print(
+        f"\n100k stream: {len(records)} records, {len(oracle.seen)} distinct ids, "
+        f"{len(oracle.accounts())} accounts; second run: {redelivered:.0f} redelivered, "
+        f"{duplicates:.0f} duplicates skipped"
+    )
     assert redelivered > 10_000, "the seek back replayed records"
     assert mismatches(Store(settings), catalog, oracle) == []
 
@@ -65,15 +68,23 @@ def test_each_bad_record_kind_is_dead_lettered_and_the_rest_counted(settings: Se
     acct = "acct-bad"
 
     def ev(i: int, **over: object) -> bytes:
-        doc: dict[str, object] = {"specversion": "1.0", "id": f"b{i}", "source": "t", "type": "llm.completion",
-                                  "subject": acct, "time": format_rfc3339(now - 1000), "data": {"tokens": 10}}
+        doc: dict[str, object] = {
+            "specversion": "1.0",
+            "id": f"b{i}",
+            "source": "t",
+            "type": "llm.completion",
+            "subject": acct,
+            "time": format_rfc3339(now - 1000),
+            "data": {"tokens": 10},
+        }
         doc |= over
         return orjson.dumps({k: v for k, v in doc.items() if v is not None})
 
     bad = {
         "invalid_json": b"{not json",
-        "missing_field": orjson.dumps({"specversion": "1.0", "source": "t", "type": "x", "subject": acct,
-                                       "time": format_rfc3339(now)}),
+        "missing_field": orjson.dumps(
+            {"specversion": "1.0", "source": "t", "type": "x", "subject": acct, "time": format_rfc3339(now)}
+        ),
         "too_large": ev(2, data={"tokens": 1, "pad": "x" * 70_000}),
         "no_account": ev(3, subject=""),
         "bad_value": ev(4, data={"tokens": "lots"}),
@@ -86,13 +97,20 @@ def test_each_bad_record_kind_is_dead_lettered_and_the_rest_counted(settings: Se
     for i, value in enumerate(bad.values()):
         records += [(acct.encode(), good[2 * i]), (acct.encode(), value), (acct.encode(), good[2 * i + 1])]
     records += [(acct.encode(), g) for g in good[16:]]
-    produce(settings.kafka_bootstrap, settings.topic_events, records,
-            headers=[("trace", b"abc")])
+    produce(settings.kafka_bootstrap, settings.topic_events, records, headers=[("trace", b"abc")])
     # CloudEvents binary mode: attributes in ce_* headers, data in the value.
-    binary = [("ce_specversion", b"1.0"), ("ce_id", b"bin-1"), ("ce_source", b"t"),
-              ("ce_type", b"llm.completion"), ("ce_subject", acct.encode()),
-              ("ce_time", format_rfc3339(now - 500).encode()), ("content-type", b"application/json")]
-    produce(settings.kafka_bootstrap, settings.topic_events, [(acct.encode(), b'{"tokens": 5}')], headers=binary)
+    binary = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"bin-1"),
+        ("ce_source", b"t"),
+        ("ce_type", b"llm.completion"),
+        ("ce_subject", acct.encode()),
+        ("ce_time", format_rfc3339(now - 500).encode()),
+        ("content-type", b"application/json"),
+    ]
+    produce(
+        settings.kafka_bootstrap, settings.topic_events, [(acct.encode(), b'{"tokens": 5}')], headers=binary
+    )
     Service(settings, catalog).run(max_idle_polls=8)
 
     dead = read_all(settings.kafka_bootstrap, settings.topic_deadletter, expect=len(bad))
@@ -117,24 +135,61 @@ def test_each_bad_record_kind_is_dead_lettered_and_the_rest_counted(settings: Se
 def test_metering_account_shows_usage_limits_and_charges(settings: Settings) -> None:
     now = int(time.time() * 1000)
     acct = "acct-view"
-    sub = {"specversion": "1.0", "id": "s1", "source": "billing", "type": "subscription.updated",
-           "subject": acct, "time": format_rfc3339(now - 5000),
-           "data": {"plan": "pro", "billing": "monthly", "seats": 12, "addons": ["premium_support"],
-                    "spend_cap": "1000.00", "started_at": "2026-01-01T00:00:00Z"}}
+    sub = {
+        "specversion": "1.0",
+        "id": "s1",
+        "source": "billing",
+        "type": "subscription.updated",
+        "subject": acct,
+        "time": format_rfc3339(now - 5000),
+        "data": {
+            "plan": "pro",
+            "billing": "monthly",
+            "seats": 12,
+            "addons": ["premium_support"],
+            "spend_cap": "1000.00",
+            "started_at": "2026-01-01T00:00:00Z",
+        },
+    }
     produce(settings.kafka_bootstrap, settings.topic_accounts, [(acct.encode(), orjson.dumps(sub))])
     events = []
     for i in range(500):
-        events.append({"specversion": "1.0", "id": f"a{i}", "source": "gw", "type": "api.request",
-                       "subject": acct, "time": format_rfc3339(now - 2000),
-                       "data": {"user_id": f"u{i % 7}", "concurrency": i % 13}})
+        events.append(
+            {
+                "specversion": "1.0",
+                "id": f"a{i}",
+                "source": "gw",
+                "type": "api.request",
+                "subject": acct,
+                "time": format_rfc3339(now - 2000),
+                "data": {"user_id": f"u{i % 7}", "concurrency": i % 13},
+            }
+        )
     for i in range(10):
-        events.append({"specversion": "1.0", "id": f"p{i}", "source": "pay", "type": "payment.captured",
-                       "subject": acct, "time": format_rfc3339(now - 1000), "data": {"amount": "100.00"}})
-    produce(settings.kafka_bootstrap, settings.topic_events, [(acct.encode(), orjson.dumps(e)) for e in events])
+        events.append(
+            {
+                "specversion": "1.0",
+                "id": f"p{i}",
+                "source": "pay",
+                "type": "payment.captured",
+                "subject": acct,
+                "time": format_rfc3339(now - 1000),
+                "data": {"amount": "100.00"},
+            }
+        )
+    produce(
+        settings.kafka_bootstrap, settings.topic_events, [(acct.encode(), orjson.dumps(e)) for e in events]
+    )
     Service(settings, load_catalog(settings.rules)).run(max_idle_polls=8)  # type: ignore[arg-type]
 
-    out = subprocess.run(["metering", "account", acct, "--json"], env=service_env(settings),
-                         capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        ["metering", "account", acct, "--json"],
+        env=service_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     view = orjson.loads(out.stdout)
     assert view["plan"] == "pro" and view["period"] == format_rfc3339(now)[:7]
     assert view["meters"]["api_calls"] == {"value": 500, "limit": 1000000, "percent": 0.1}
@@ -142,16 +197,29 @@ def test_metering_account_shows_usage_limits_and_charges(settings: Settings) -> 
     assert view["meters"]["peak_concurrency"] == {"value": 12, "limit": None, "percent": None}
     lines = {line["item"]: line["amount"] for line in view["lines"]}
     # base 99; seats (12 - 10) x 12; premium_support 39; payments 2.9% x 1000 + 0.20 x 10
-    assert lines == {"base": "99.00", "seats": "24.00", "addon:premium_support": "39.00",
-                     "usage:api_calls": "0.00", "usage:payments": "31.00"}
+    assert lines == {
+        "base": "99.00",
+        "seats": "24.00",
+        "addon:premium_support": "39.00",
+        "usage:api_calls": "0.00",
+        "usage:payments": "31.00",
+    }
     assert view["total"] == "193.00"
-    bad = subprocess.run(["metering", "account", acct, "--period", "2026-13"], env=service_env(settings),
-                         capture_output=True, text=True, timeout=60, check=False)
+    bad = subprocess.run(
+        ["metering", "account", acct, "--period", "2026-13"],
+        env=service_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
-def test_two_processes_split_partitions_and_stay_exact_when_one_dies(settings: Settings, tmp_path: Path) -> None:
+def test_two_processes_split_partitions_and_stay_exact_when_one_dies(
+    settings: Settings, tmp_path: Path
+) -> None:
     catalog = load_catalog(settings.rules)  # type: ignore[arg-type]
     records, oracle = generate(60_000, 500, int(time.time() * 1000), seed=5)
     produce(settings.kafka_bootstrap, settings.topic_events, records[:20_000])

@@ -79,8 +79,9 @@ class Oracle:
         return {a for (a, _, _) in self.counts}
 
 
-def generate(n: int, accounts: int, now_ms: int, seed: int = 7, dup_rate: float = 0.05,
-             source: str = "gen") -> tuple[list[tuple[bytes, bytes]], Oracle]:
+def generate(
+    n: int, accounts: int, now_ms: int, seed: int = 7, dup_rate: float = 0.05, source: str = "gen"
+) -> tuple[list[tuple[bytes, bytes]], Oracle]:
     """n records (with ~dup_rate re-sent duplicates) over `accounts` accounts, times inside the
     current period up to now; returns the (key, value) records in send order and the oracle."""
     rng = random.Random(seed)
@@ -88,8 +89,13 @@ def generate(n: int, accounts: int, now_ms: int, seed: int = 7, dup_rate: float 
     oracle = Oracle()
     out: list[tuple[bytes, bytes]] = []
     sent: list[tuple[bytes, bytes]] = []
-    kinds = ["api.request"] * 6 + ["llm.completion", "payment.captured", "storage.snapshot",
-                                   "feature.used", "app.session"]
+    kinds = ["api.request"] * 6 + [
+        "llm.completion",
+        "payment.captured",
+        "storage.snapshot",
+        "feature.used",
+        "app.session",
+    ]
     for i in range(n):
         if sent and rng.random() < dup_rate:
             out.append(rng.choice(sent))
@@ -109,8 +115,15 @@ def generate(n: int, accounts: int, now_ms: int, seed: int = 7, dup_rate: float 
             data = {"gb": round(rng.uniform(0, 50), 3)}
         else:
             data = {"feature": rng.choice(["reports", "reports", "exports"])}
-        ev = {"specversion": "1.0", "id": f"{source}-{i}", "source": source, "type": t,
-              "subject": acct, "time": format_rfc3339(rng.randrange(start, now_ms)), "data": data}
+        ev = {
+            "specversion": "1.0",
+            "id": f"{source}-{i}",
+            "source": source,
+            "type": t,
+            "subject": acct,
+            "time": format_rfc3339(rng.randrange(start, now_ms)),
+            "data": data,
+        }
         rec = (acct.encode(), orjson.dumps(ev))
         oracle.add(ev)
         out.append(rec)
@@ -137,10 +150,11 @@ def mismatches(store: Any, catalog: Any, oracle: Oracle, limit: int = 20) -> lis
     calls = [ApplyCall(a, "__read__/0", (), sorted(periods_by_acct[a]), uniq, meters, ()) for a in accts]
     results = []
     for i in range(0, len(calls), 200):
-        results += store.apply(calls[i:i + 200], now_ms=0, week_cutoff="")
+        results += store.apply(calls[i : i + 200], now_ms=0, week_cutoff="")
     for a, res in zip(accts, results, strict=True):
-        st = build_state(catalog, a, Subscription(plan=catalog.default_plan), res.periods, res.lifetime,
-                         res.weeks, [], [])
+        st = build_state(
+            catalog, a, Subscription(plan=catalog.default_plan), res.periods, res.lifetime, res.weeks, [], []
+        )
         for p in periods_by_acct[a]:
             usage = st.periods[p]
             for m in meters:

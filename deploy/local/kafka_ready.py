@@ -3,6 +3,7 @@ can create (or finds) a probe topic. Used by kafka.sh; prints the reason on fail
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from kafka import KafkaAdminClient
@@ -15,9 +16,7 @@ PROBE_TOPIC = "__metering_ready_probe"
 def main() -> int:
     bootstrap = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:9092"
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap, request_timeout_ms=5000
-        )
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     except Exception as exc:  # any failure here just means "not ready yet"
         print(f"not ready: {exc}")
         return 1
@@ -27,10 +26,8 @@ def main() -> int:
             print("not ready: no brokers in cluster metadata")
             return 1
         if PROBE_TOPIC not in admin.list_topics():
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([NewTopic(PROBE_TOPIC, 1, 1)], timeout_ms=5000)
-            except TopicAlreadyExistsError:
-                pass
         print(f"ready: cluster {cluster.get('cluster_id')}")
         return 0
     except Exception as exc:

@@ -47,12 +47,18 @@ def account(
         typer.echo(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
         return
     console = Console()
-    console.print(f"[bold]{view['account']}[/bold]  plan [bold]{view['plan']}[/bold] "
-                  f"({view['billing']})  period {view['period']}")
+    console.print(
+        f"[bold]{view['account']}[/bold]  plan [bold]{view['plan']}[/bold] "
+        f"({view['billing']})  period {view['period']}"
+    )
     usage = Table("meter", "value", "limit", "percent")
     for name, m in view["meters"].items():
-        usage.add_row(name, str(m["value"]), "unlimited" if m["limit"] is None else str(m["limit"]),
-                      "" if m["percent"] is None else f"{m['percent']:.1f}%")
+        usage.add_row(
+            name,
+            str(m["value"]),
+            "unlimited" if m["limit"] is None else str(m["limit"]),
+            "" if m["percent"] is None else f"{m['percent']:.1f}%",
+        )
     console.print(usage)
     bill = Table("item", f"amount ({view['currency']})")
     for line in view["lines"]:

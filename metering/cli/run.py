@@ -24,8 +24,7 @@ def run(
 
     settings = settings_or_fail()
     catalog = catalog_or_fail(rules, settings)
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR)
     metrics = Metrics()
     try:
@@ -33,12 +32,19 @@ def run(
     except MeteringError as exc:
         fail(str(exc))
     try:
-        server = serve(settings.http_host, settings.http_port, metrics.registry, service.healthy, service.ready)
+        server = serve(
+            settings.http_host, settings.http_port, metrics.registry, service.healthy, service.ready
+        )
     except OSError as exc:
         fail(f"cannot serve HTTP on {settings.http_host}:{settings.http_port}: {exc}")
     service.install_signal_handlers()
     logging.getLogger("metering").info(
-        "metering run: rules %s (version %s), kafka %s, http %s:%d", rules or settings.rules,
-        catalog.version, settings.kafka_bootstrap, settings.http_host, server.server_address[1])
+        "metering run: rules %s (version %s), kafka %s, http %s:%d",
+        rules or settings.rules,
+        catalog.version,
+        settings.kafka_bootstrap,
+        settings.http_host,
+        server.server_address[1],
+    )
     service.run()
     server.shutdown()

@@ -16,7 +16,9 @@ app.add_typer(topics_app, name="topics")
 
 @topics_app.command("create")
 def create(
-    partitions: Annotated[int | None, typer.Option(help="Partitions per topic (default METERING_PARTITIONS)")] = None,
+    partitions: Annotated[
+        int | None, typer.Option(help="Partitions per topic (default METERING_PARTITIONS)")
+    ] = None,
     rules: Annotated[Path | None, typer.Option(help="Also create the rules' trigger topics")] = None,
 ) -> None:
     """Create the missing topics; existing ones are left as they are."""

@@ -33,17 +33,30 @@ class Candidate:
     data: dict[str, Any]
 
     def mark(self) -> str:
-        return orjson.dumps({"id": self.id, "type": f"expansion.{self.kind}", "rule": self.rule,
-                             "time": format_rfc3339(self.time_ms), "at": self.time_ms,
-                             "seq": self.seq}).decode()
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "type": f"expansion.{self.kind}",
+                "rule": self.rule,
+                "time": format_rfc3339(self.time_ms),
+                "at": self.time_ms,
+                "seq": self.seq,
+            }
+        ).decode()
 
     def payload(self, account: str) -> str:
-        return orjson.dumps({
-            "specversion": "1.0", "id": self.id, "source": SOURCE,
-            "type": f"expansion.{self.kind}", "subject": account,
-            "time": format_rfc3339(self.time_ms), "datacontenttype": "application/json",
-            "data": self.data,
-        }).decode()
+        return orjson.dumps(
+            {
+                "specversion": "1.0",
+                "id": self.id,
+                "source": SOURCE,
+                "type": f"expansion.{self.kind}",
+                "subject": account,
+                "time": format_rfc3339(self.time_ms),
+                "datacontenttype": "application/json",
+                "data": self.data,
+            }
+        ).decode()
 
 
 def trigger_id(account: str, field: str, seq: int = 1) -> str:

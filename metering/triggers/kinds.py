@@ -57,14 +57,34 @@ class Ctx:
 
     def latest(self, meter: str | None = None, period: str | None = None) -> int:
         """Time of the newest batch event (matching the meter / period when given)."""
-        times = [i.event.time_ms for i in self.items
-                 if (meter is None or meter in i.meters) and (period is None or i.period == period)]
+        times = [
+            i.event.time_ms
+            for i in self.items
+            if (meter is None or meter in i.meters) and (period is None or i.period == period)
+        ]
         return max(times) if times else max(i.event.time_ms for i in self.items)
 
-    def candidate(self, kind: str, rule: str, field: str, time_ms: int, data: dict[str, object],
-                  expected: str = "", seq: int = 1) -> Candidate:
-        return Candidate(kind, rule, field, expected, seq, trigger_id(self.account, field, seq),
-                         self.topic, time_ms, {"rule": rule, "account": self.account, "plan": self.plan} | data)
+    def candidate(
+        self,
+        kind: str,
+        rule: str,
+        field: str,
+        time_ms: int,
+        data: dict[str, object],
+        expected: str = "",
+        seq: int = 1,
+    ) -> Candidate:
+        return Candidate(
+            kind,
+            rule,
+            field,
+            expected,
+            seq,
+            trigger_id(self.account, field, seq),
+            self.topic,
+            time_ms,
+            {"rule": rule, "account": self.account, "plan": self.plan} | data,
+        )
 
 
 def _offer(offer: Offer | None) -> dict[str, object] | None:
@@ -86,10 +106,20 @@ def usage_threshold(ctx: Ctx, rule: UsageThreshold) -> Iterator[Candidate]:
                 if value * 100 < limit * level:
                     break  # levels ascend (the loader checks): no higher one holds either
                 field = f"ut:{rule.id}:{meter}:{period}:{ctx.plan}:{level}"
-                yield ctx.candidate("usage_threshold", rule.id, field, ctx.latest(meter, period), {
-                    "meter": meter, "period": period, "value": number(value), "limit": number(limit),
-                    "percent": level, "offer": _offer(offer_for_limit(ctx.catalog, ctx.plan, meter)),
-                })
+                yield ctx.candidate(
+                    "usage_threshold",
+                    rule.id,
+                    field,
+                    ctx.latest(meter, period),
+                    {
+                        "meter": meter,
+                        "period": period,
+                        "value": number(value),
+                        "limit": number(limit),
+                        "percent": level,
+                        "offer": _offer(offer_for_limit(ctx.catalog, ctx.plan, meter)),
+                    },
+                )
 
 
 def power_user(ctx: Ctx, rule: PowerUser) -> Iterator[Candidate]:
@@ -106,10 +136,20 @@ def power_user(ctx: Ctx, rule: PowerUser) -> Iterator[Candidate]:
     expected = ctx.state.marks.get(field, "")
     seq = cooldown_next(expected, now, rule.cooldown_days)
     if seq is not None:
-        yield ctx.candidate("power_user", rule.id, field, now, {
-            "meter": rule.meter, "weeks": sorted(window), "min_per_week": rule.min_per_week,
-            "offer": _offer(offer_upgrade(ctx.catalog, ctx.plan)),
-        }, expected, seq)
+        yield ctx.candidate(
+            "power_user",
+            rule.id,
+            field,
+            now,
+            {
+                "meter": rule.meter,
+                "weeks": sorted(window),
+                "min_per_week": rule.min_per_week,
+                "offer": _offer(offer_upgrade(ctx.catalog, ctx.plan)),
+            },
+            expected,
+            seq,
+        )
 
 
 def feature_fields(rule: FeatureRequest, events: Sequence[Event]) -> list[str]:
@@ -139,17 +179,32 @@ def feature_request(ctx: Ctx, rule: FeatureRequest) -> Iterator[Candidate]:
         expected = ctx.state.marks.get(field, "")
         seq = cooldown_next(expected, t, rule.cooldown_days)
         if seq is not None:
-            yield ctx.candidate("feature_request", rule.id, field, t,
-                                {"feature": feature, "offer": offer.to_json()}, expected, seq)
+            yield ctx.candidate(
+                "feature_request",
+                rule.id,
+                field,
+                t,
+                {"feature": feature, "offer": offer.to_json()},
+                expected,
+                seq,
+            )
 
 
 def milestone(ctx: Ctx, rule: Milestone) -> Iterator[Candidate]:
     total = ctx.state.lifetime.get(rule.meter, Decimal(0))
     if total >= rule.value and any(rule.meter in i.meters for i in ctx.items):
-        yield ctx.candidate("milestone", rule.id, f"ms:{rule.id}", ctx.latest(rule.meter), {
-            "meter": rule.meter, "value": number(total), "milestone": number(rule.value),
-            "offer": _offer(offer_upgrade(ctx.catalog, ctx.plan)),
-        })
+        yield ctx.candidate(
+            "milestone",
+            rule.id,
+            f"ms:{rule.id}",
+            ctx.latest(rule.meter),
+            {
+                "meter": rule.meter,
+                "value": number(total),
+                "milestone": number(rule.value),
+                "offer": _offer(offer_upgrade(ctx.catalog, ctx.plan)),
+            },
+        )
 
 
 def spend_threshold(ctx: Ctx, rule: SpendThreshold) -> Iterator[Candidate]:
@@ -162,17 +217,25 @@ def spend_threshold(ctx: Ctx, rule: SpendThreshold) -> Iterator[Candidate]:
     for period, usage in ctx.state.periods.items():
         if period not in touched:
             continue
-        bill = price_bill(ctx.catalog, ctx.plan, annual=sub.annual, seats=sub.seats,
-                          addons=sub.addons, usage=usage.usage())
+        bill = price_bill(
+            ctx.catalog, ctx.plan, annual=sub.annual, seats=sub.seats, addons=sub.addons, usage=usage.usage()
+        )
         for level in rule.at:
             if bill.total * 100 < cap * level:
                 break
-            yield ctx.candidate("spend_threshold", rule.id, f"sp:{rule.id}:{period}:{level}",
-                                ctx.latest(None, period), {
-                "period": period, "spend": format_money(bill.total, mu),
-                "spend_cap": format_money(cap, mu), "percent": level,
-                "offer": _offer(offer_upgrade(ctx.catalog, ctx.plan)),
-            })
+            yield ctx.candidate(
+                "spend_threshold",
+                rule.id,
+                f"sp:{rule.id}:{period}:{level}",
+                ctx.latest(None, period),
+                {
+                    "period": period,
+                    "spend": format_money(bill.total, mu),
+                    "spend_cap": format_money(cap, mu),
+                    "percent": level,
+                    "offer": _offer(offer_upgrade(ctx.catalog, ctx.plan)),
+                },
+            )
 
 
 def evaluate_rule(ctx: Ctx, rule: Trigger) -> Iterator[Candidate]:
