@@ -1,0 +1,329 @@
+"""Expansion triggers end to end on the real broker and Redis (SPEC 3.3, 4.2).
+
+Every kind of rules/example.yaml fires exactly once per scope across producer duplicates, a
+replay of the whole topic by a new consumer group, restarts, and a SIGKILL between recording
+a trigger and publishing it; triggers land on the rule's topic, keyed by account, with a
+content-type header. `metering send` and `metering tail` are driven as subprocesses.
+
+Each test uses a copy of the example rules whose milestone topic is unique to the test (the
+example's `usage.milestones` is a fixed name shared by every run).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from consumers.service import Service
+from consumers.topics import ensure_topics
+from metering.periods import format_rfc3339, period_of
+from metering.settings import Settings
+from metering.store import Store
+from metering.triggers import trigger_id
+from rules import make_demo
+from rules.loader import load_catalog
+from rules.models import Catalog
+from tests.kafka_util import produce, read_all
+from tests.pipeline_util import service_env
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTENT_TYPE = ("content-type", b"application/cloudevents+json; charset=utf-8")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def isolate(settings: Settings, tmp_path: Path) -> tuple[Settings, Catalog, str]:
+    """Settings over a per-test copy of the example rules (own milestone topic, created here),
+    accepting events of any age (the power user's weeks reach back a month)."""
+    milestones = f"{settings.key_prefix}.usage.milestones"
+    text = (ROOT / "rules" / "example.yaml").read_text()
+    assert "topic: usage.milestones" in text
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(text.replace("topic: usage.milestones", f"topic: {milestones}"))
+    ensure_topics(settings, [milestones])
+    s = settings.model_copy(update={"rules": rules, "late_grace": timedelta(0)})
+    return s, load_catalog(rules), milestones
+
+
+def records(docs: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
+    return [(d["subject"].encode(), orjson.dumps(d)) for d in docs]
+
+
+def run_service(settings: Settings, catalog: Catalog, idle: int = 10) -> Service:
+    service = Service(settings, catalog)
+    service.run(max_idle_polls=idle)
+    return service
+
+
+def triggers(settings: Settings, *topics: str) -> list[Any]:
+    out: list[Any] = []
+    for topic in topics:
+        out += read_all(settings.kafka_bootstrap, topic)
+    return out
+
+
+def fired(settings: Settings, accounts: list[str]) -> dict[str, dict[str, str]]:
+    store = Store(settings)
+    try:
+        return {a: store.fired(a) for a in accounts}
+    finally:
+        store.close()
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def demo_expected(period: str) -> dict[str, set[str]]:
+    """The scopes the demo input fires, per account (see rules/make_demo.py)."""
+    ut = {f"ut:limit-warn:{m}:{period}:free:{lvl}" for m in ("api_calls", "active_users", "storage_gb")
+          for lvl in (80, 100)}
+    return {
+        make_demo.FREE: ut,
+        make_demo.POWER: {"pu:reports-power-user"},
+        make_demo.GROWTH: {"fr:gated-feature:sso", "fr:gated-feature:revenue_attribution_dashboard"},
+        make_demo.PAYMENTS: {"ms:first-million-payments"},
+        make_demo.SPEND: {f"sp:spend-cap:{period}:80", f"sp:spend-cap:{period}:100"},
+    }
+
+
+# -- every kind, once per scope --------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_every_kind_fires_once_per_scope_across_duplicates_replay_and_restarts(
+    settings: Settings, tmp_path: Path
+) -> None:
+    s, catalog, milestones = isolate(settings, tmp_path)
+    now = now_utc()
+    period = period_of(int(now.timestamp() * 1000))
+    accounts, events = make_demo.accounts(now), make_demo.events(now)
+    expected = demo_expected(period)
+
+    # Subscriptions first (the demo's documented order), then the events in two halves with
+    # a restart between them, plus producer duplicates (same source and id) of every
+    # non-api event and of the first 500 api calls.
+    produce(s.kafka_bootstrap, s.topic_accounts, records(accounts))
+    run_service(s, catalog, idle=5)
+    half = len(events) // 2
+    produce(s.kafka_bootstrap, s.topic_events, records(events[:half]))
+    run_service(s, catalog)
+    dups = [e for e in events if e["type"] != "api.request"] + events[:500]
+    produce(s.kafka_bootstrap, s.topic_events, records(events[half:] + dups))
+    service = run_service(s, catalog)
+    assert service.metrics.events_deduplicated.labels("duplicate")._value.get() > 0
+
+    first = triggers(s, s.topic_triggers, milestones)
+    marks = fired(s, list(expected))
+    assert {a: set(m) for a, m in marks.items()} == expected
+
+    # Every trigger once, with the mark's id; on its rule's topic, keyed by account, typed.
+    by_id = Counter(orjson.loads(r.value)["id"] for r in first)
+    assert all(n == 1 for n in by_id.values()), by_id
+    want_ids = {trigger_id(a, f, 1) for a, fields in expected.items() for f in fields}
+    assert set(by_id) == want_ids
+    for account, fields in marks.items():
+        for field, mark in fields.items():
+            assert orjson.loads(mark)["id"] == trigger_id(account, field, 1)
+    for r in first:
+        doc = orjson.loads(r.value)
+        assert r.key == doc["subject"].encode() == doc["data"]["account"].encode()
+        assert CONTENT_TYPE in list(r.headers)
+        assert doc["source"] == "metering" and doc["specversion"] == "1.0"
+        want_topic = milestones if doc["type"] == "expansion.milestone" else s.topic_triggers
+        assert r.topic == want_topic, doc
+    kinds = Counter(orjson.loads(r.value)["type"] for r in first)
+    assert kinds == {"expansion.usage_threshold": 6, "expansion.power_user": 1,
+                     "expansion.feature_request": 2, "expansion.milestone": 1,
+                     "expansion.spend_threshold": 2}
+    offers = {orjson.loads(r.value)["data"].get("feature"): orjson.loads(r.value)["data"]["offer"]
+              for r in first if orjson.loads(r.value)["type"] == "expansion.feature_request"}
+    assert offers == {"sso": {"plan": "business", "monthly_delta": "150.00"},
+                      "revenue_attribution_dashboard": {"addon": "revenue_attribution",
+                                                        "monthly_delta": "29.00"}}
+
+    # Replay: a new group reads both topics from the start; the store skips every event by
+    # its offset watermark, the evaluation finds the marks set: nothing new is published.
+    replay = run_service(s.model_copy(update={"group_id": f"{s.group_id}-replay"}), catalog)
+    assert replay.metrics.events_processed._value.get() == 0
+    assert replay.metrics.events_deduplicated.labels("redelivered")._value.get() >= len(events)
+    # Restart of the original group, with more usage inside every scope (and cooldown).
+    t = format_rfc3339(int(now.timestamp() * 1000))
+    more = [
+        {"specversion": "1.0", "id": f"more-{i}", "source": "e2e", "type": type_, "subject": acct,
+         "time": t, "data": data}
+        for i, (type_, acct, data) in enumerate([
+            ("api.request", make_demo.FREE, {"user_id": "u-1", "concurrency": 1}),
+            ("storage.snapshot", make_demo.FREE, {"gb": "1.0"}),
+            ("feature.used", make_demo.POWER, {"feature": "reports"}),
+            ("feature.requested", make_demo.GROWTH, {"feature": "sso"}),
+            ("payment.captured", make_demo.PAYMENTS, {"amount": "1"}),
+            ("payment.captured", make_demo.SPEND, {"amount": "1"}),
+        ])
+    ]
+    produce(s.kafka_bootstrap, s.topic_events, records(more))
+    restarted = run_service(s, catalog)
+    assert restarted.metrics.events_processed._value.get() == len(more)
+
+    after = triggers(s, s.topic_triggers, milestones)
+    assert sorted(orjson.loads(r.value)["id"] for r in after) == sorted(by_id)
+    assert fired(s, list(expected)) == marks
+    store = Store(s)
+    try:
+        assert all(store.outbox(a) == [] for a in expected)
+    finally:
+        store.close()
+
+
+# -- SIGKILL between recording and publishing ------------------------------------------------
+
+_KILLED_BEFORE_PUBLISH = """
+import os, signal
+from consumers.service import Service
+from metering.settings import load_settings
+from rules.loader import load_catalog
+
+settings = load_settings()
+service = Service(settings, load_catalog(settings.rules))
+
+def die(*args, **kwargs):
+    # the triggers are recorded (marks + outbox) but not yet published, nothing committed
+    os.kill(os.getpid(), signal.SIGKILL)
+
+service._publish = die
+service.run(max_idle_polls=150)
+"""
+
+
+@pytest.mark.fault
+def test_sigkill_after_recording_publishes_the_same_id_after_restart(
+    settings: Settings, tmp_path: Path
+) -> None:
+    s, catalog, milestones = isolate(settings, tmp_path)
+    account = "acct-kill-1"
+    t = format_rfc3339(int(time.time() * 1000) - 1000)
+    docs = [
+        {"specversion": "1.0", "id": "k-1", "source": "e2e", "type": "storage.snapshot",
+         "subject": account, "time": t, "data": {"gb": "0.8"}},
+        {"specversion": "1.0", "id": "k-2", "source": "e2e", "type": "feature.requested",
+         "subject": account, "time": t, "data": {"feature": "sso"}},
+        {"specversion": "1.0", "id": "k-3", "source": "e2e", "type": "payment.captured",
+         "subject": account, "time": t, "data": {"amount": "1000000"}},
+    ]
+    produce(s.kafka_bootstrap, s.topic_events, records(docs))
+    proc = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_PUBLISH], env=service_env(s), cwd=ROOT,
+                          capture_output=True, timeout=120, check=False)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+
+    period = period_of(int(time.time() * 1000))
+    want = {f"ut:limit-warn:storage_gb:{period}:free:80", "fr:gated-feature:sso", "ms:first-million-payments"}
+    marks = fired(s, [account])[account]
+    assert set(marks) == want
+    store = Store(s)
+    try:
+        assert len(store.outbox(account)) == len(want)
+    finally:
+        store.close()
+    assert triggers(s, s.topic_triggers, milestones) == []  # nothing was published
+
+    # The dead member holds its partitions until its session times out: poll long enough.
+    run_service(s, catalog, idle=150)
+    published = triggers(s, s.topic_triggers, milestones)
+    ids = sorted(orjson.loads(r.value)["id"] for r in published)
+    assert ids == sorted(orjson.loads(m)["id"] for m in marks.values())
+    assert {r.topic for r in published} == {s.topic_triggers, milestones}
+    assert fired(s, [account])[account] == marks
+    store = Store(s)
+    try:
+        assert store.outbox(account) == []
+    finally:
+        store.close()
+    run_service(s, catalog, idle=5)  # and once more: nothing is published twice
+    assert len(triggers(s, s.topic_triggers, milestones)) == len(want)
+
+
+# -- metering send / metering tail -----------------------------------------------------------
+
+
+def _cli(s: Settings, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "metering.cli", *args], env=service_env(s), cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_send_then_tail(settings: Settings, tmp_path: Path) -> None:
+    s, catalog, milestones = isolate(settings, tmp_path)
+    account = "acct-cli-1"
+    now_ms = int(time.time() * 1000)
+    t = format_rfc3339(now_ms - 1000)
+
+    def ev(i: int, type_: str, data: dict[str, Any]) -> dict[str, Any]:
+        return {"specversion": "1.0", "id": f"c-{i}", "source": "e2e", "type": type_, "subject": account,
+                "time": t, "data": data}
+
+    sub = tmp_path / "accounts.jsonl"
+    sub.write_text(orjson.dumps({
+        "specversion": "1.0", "id": "s-1", "source": "billing", "type": "subscription.updated",
+        "subject": account, "time": format_rfc3339(now_ms - 86_400_000),
+        "data": {"plan": "starter", "billing": "monthly", "started_at": "2026-01-01T00:00:00Z"},
+    }).decode() + "\n")
+    done = _cli(s, "send", str(sub), "--topic", s.topic_accounts)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "sent 1, failed 0"
+    run_service(s, catalog, idle=5)  # the subscription is known before the usage
+
+    lines = [
+        orjson.dumps(ev(1, "storage.snapshot", {"gb": 8})).decode(),
+        "{not json",
+        orjson.dumps(ev(2, "payment.captured", {"amount": "1000000"})).decode(),
+        orjson.dumps({k: v for k, v in ev(3, "x", {}).items() if k != "subject"}).decode(),
+        "",
+        orjson.dumps(ev(4, "storage.snapshot", {"gb": 10})).decode(),
+    ]
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+    done = _cli(s, "send", str(events))
+    assert done.returncode == 1
+    assert done.stdout.strip().splitlines()[-1] == "sent 3, failed 2"
+    assert "line 2: not JSON" in done.stderr and "line 4: no subject" in done.stderr
+    sent = read_all(s.kafka_bootstrap, s.topic_events)
+    assert len(sent) == 3 and {r.key for r in sent} == {account.encode()}
+
+    missing = _cli(s, "send", str(tmp_path / "nope.jsonl"))
+    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
+
+    run_service(s, catalog)
+    # Default topics: the triggers topic plus the rules' own (METERING_RULES is the copy).
+    tail = _cli(s, "tail", "--max", "3", "--timeout", "20", "--from-beginning")
+    assert tail.returncode == 0, tail.stderr
+    out = sorted(tail.stdout.strip().splitlines())
+    assert len(out) == 3, tail.stdout
+    ids = {trigger_id(account, f"ut:limit-warn:storage_gb:{period_of(now_ms)}:starter:{lvl}")
+           for lvl in (80, 100)}
+    assert any(" milestone acct-cli-1 first-million-payments payments 1000000 >= 1000000" in line
+               and "-> offer plan pro +50.00/mo" in line for line in out), out
+    thresholds = [line for line in out if " usage_threshold acct-cli-1 limit-warn storage_gb " in line]
+    assert len(thresholds) == 2, out
+    # The value is the level when evaluated (8 or 10 of 10, depending on the batching).
+    assert any("/10 (80%) -> offer plan pro +50.00/mo" in line for line in thresholds), thresholds
+    assert any("10/10 (100%) -> offer plan pro +50.00/mo" in line for line in thresholds), thresholds
+    assert all(line.startswith(t[:19]) for line in out)
+
+    raw = _cli(s, "tail", s.topic_triggers, "--json", "--max", "2", "--timeout", "20", "--from-beginning")
+    assert raw.returncode == 0, raw.stderr
+    docs = [orjson.loads(line) for line in raw.stdout.strip().splitlines()]
+    assert {d["id"] for d in docs} == ids
+
+    # From the end (the default), with nothing new: stops after the idle timeout, prints nothing.
+    t0 = time.monotonic()
+    quiet = _cli(s, "tail", "--timeout", "2")
+    assert quiet.returncode == 0 and quiet.stdout == ""
+    assert time.monotonic() - t0 < 60
