@@ -39,7 +39,7 @@ from metering.batch import (
     items_for,
     plan_batch,
 )
-from metering.errors import BadEvent, BrokerUnavailable
+from metering.errors import DEAD_LETTER_REASONS, BadEvent, BrokerUnavailable
 from metering.events import decode_event
 from metering.meters import MeterIndex
 from metering.metrics import Metrics
@@ -67,6 +67,7 @@ class Service:
         self.catalog = catalog
         self.metrics = metrics or Metrics()
         self.metrics.set_rules(catalog.version, str(settings.rules))
+        self.metrics.touch(DEAD_LETTER_REASONS, tuple(sorted({t.kind for t in catalog.triggers})))
         self.clock = clock
         self.index = MeterIndex(catalog)
         self.engine = TriggerEngine(catalog, settings.topic_triggers)

@@ -46,6 +46,18 @@ class InputError(MeteringError):
     """Bad input on the command line (an unknown plan, a non-numeric quantity, ...)."""
 
 
+DEAD_LETTER_REASONS = (
+    "invalid_json",
+    "invalid_event",
+    "missing_field",
+    "no_account",
+    "too_large",
+    "bad_value",
+    "late",
+    "future",
+)
+
+
 class BadEvent(MeteringError):
     """A record that can never be counted: it goes to the dead-letter topic.
 

@@ -97,5 +97,19 @@ class Metrics:
         )
         self.rules = Info("metering_rules", "The loaded rules catalog.", registry=r)
 
+    def touch(self, reasons: tuple[str, ...], kinds: tuple[str, ...]) -> None:
+        """Create the labelled series at 0, so a dashboard shows 0 (not "no data") and an
+        alert on a rate sees a series from the first scrape on."""
+        for dependency in ("redis", "kafka"):
+            self.retries.labels(dependency)
+        for reason in reasons:
+            self.events_deadlettered.labels(reason)
+        for kind in kinds:
+            self.triggers_published.labels(kind)
+        for kind in ("duplicate", "redelivered"):
+            self.events_deduplicated.labels(kind)
+        for result in ("applied", "stale"):
+            self.account_updates.labels(result)
+
     def set_rules(self, version: str, source: str) -> None:
         self.rules.info({"version": version, "source": source})

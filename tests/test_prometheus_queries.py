@@ -1,8 +1,8 @@
 """Every dashboard query and alert expression, evaluated by a real Prometheus.
 
-deploy/local/prometheus.sh starts Debian's Prometheus on a free port, scraping a target that
-serves the service's real metric families (metering.metrics.Metrics) with every series
-touched and moving, so `rate()` and `histogram_quantile()` have data. A query with a typo'd
+deploy/local/prometheus.sh starts Debian's Prometheus on a free port, scraping a live
+`metering run` under a steady load (good events, a bad record of every reason, subscription
+updates and triggers), so `rate()` and `histogram_quantile()` have data. A query with a typo'd
 metric or label name returns nothing, which the tests below treat as a failure.
 
 Prometheus that cannot start fails the module; it is never skipped.
@@ -14,22 +14,27 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import subprocess
 import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import prometheus_client
+import orjson
 import pytest
 import yaml
+from kafka import KafkaProducer
 
-from metering.metrics import Metrics
+from consumers.topics import ensure_topics
+from metering.periods import format_rfc3339
+from metering.settings import Settings
+from tests.pipeline_util import start_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "deploy" / "local" / "prometheus.sh"
@@ -42,9 +47,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "metering.json"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "5s", "$__range": "5m"}
 
 # Label values the fixture gives every labelled series (bounded sets, as in production).
-SCRIPTS = ("apply", "fire", "outbox_ack", "subscription")
 REASONS = ("invalid_json", "missing_field", "too_large", "late", "future", "bad_value")
-TRIGGER_KINDS = ("usage_threshold", "power_user", "feature_request", "milestone", "spend_threshold")
 PARTITIONS = 8
 
 
@@ -55,82 +58,104 @@ def _free_port() -> int:
         return port
 
 
-class _FakeLoad:
-    """Every series of Metrics touched, and moved again on each scrape (a steady load)."""
+class _Load:
+    """A steady, real load on a live `metering run`: good events, one bad record of each
+    reason in REASONS, a subscription update and a fresh account crossing its storage limit
+    (two usage_threshold triggers) every cycle, until stopped."""
 
-    def __init__(self) -> None:
-        self.metrics = Metrics()
-        self.ticks = 0
-        self.lock = threading.Lock()
-        self.metrics.set_rules(version="example-1", source="rules/example.yaml")
-        self.metrics.ready.set(1)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="load", daemon=True)
 
-    def tick(self) -> None:
-        m = self.metrics
-        with self.lock:
-            self.ticks += 1
-            n = self.ticks
-            m.events_consumed.inc(1000)
-            m.events_processed.inc(980)
-            m.events_deduplicated.labels(kind="duplicate").inc(15)
-            m.events_deduplicated.labels(kind="redelivered").inc(5)
-            for reason in REASONS:
-                m.events_deadlettered.labels(reason=reason).inc(1)
-            for result in ("applied", "stale", "invalid"):
-                m.account_updates.labels(result=result).inc(2)
-            for kind in TRIGGER_KINDS:
-                m.triggers_published.labels(kind=kind).inc(3)
-            for size in (100, 500, 2000):
-                m.batch_size.observe(size)
-            for seconds in (0.004, 0.02, 0.3):
-                m.batch_seconds.observe(seconds)
-            for lag in (0.2, 0.8, 4.0):
-                m.event_lag.observe(lag)
-            for script in SCRIPTS:
-                m.redis_seconds.labels(script=script).observe(0.0008)
-                m.redis_seconds.labels(script=script).observe(0.003)
-            for partition in range(PARTITIONS):
-                m.consumer_lag.labels(topic="usage.events", partition=str(partition)).set(100 * n + partition)
-            m.consumer_lag.labels(topic="usage.accounts", partition="0").set(0)
-            m.outbox_depth.set(n % 3)
-            m.retries.labels(dependency="redis").inc(1)
-            m.retries.labels(dependency="kafka").inc(1)
+    def _event(self, i: int, account: str, etype: str, data: dict[str, Any], **over: Any) -> bytes:
+        now = int(time.time() * 1000)
+        doc = {
+            "specversion": "1.0",
+            "id": f"load-{i}",
+            "source": "load",
+            "type": etype,
+            "subject": account,
+            "time": format_rfc3339(now - 500),
+            "data": data,
+        } | over
+        return orjson.dumps(doc)
 
-    def page(self) -> bytes:
-        self.tick()
-        return prometheus_client.generate_latest(self.metrics.registry)
+    def _run(self) -> None:
+        producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, linger_ms=5)
+        s, n = self.settings, 0
+        while not self.stop.is_set():
+            n += 1
+            acct = f"acct-load-{n}"
+            for j in range(200):
+                producer.send(
+                    s.topic_events,
+                    key=acct.encode(),
+                    value=self._event(n * 1000 + j, acct, "api.request", {"user_id": "u1", "concurrency": 3}),
+                )
+            producer.send(
+                s.topic_events,
+                key=acct.encode(),
+                value=self._event(n * 1000 + 500, acct, "storage.snapshot", {"gb": 1}),
+            )
+            bad = {
+                "invalid_json": b"{",
+                "missing_field": orjson.dumps({"specversion": "1.0", "source": "x", "type": "t"}),
+                "too_large": b"x" * (s.max_event_bytes + 1),
+                "late": self._event(n * 1000 + 600, acct, "api.request", {}, time="2020-01-01T00:00:00Z"),
+                "future": self._event(n * 1000 + 601, acct, "api.request", {}, time="2999-01-01T00:00:00Z"),
+                "bad_value": self._event(n * 1000 + 602, acct, "llm.completion", {"tokens": "many"}),
+            }
+            for value in bad.values():
+                producer.send(s.topic_events, key=acct.encode(), value=value)
+            sub = {
+                "specversion": "1.0",
+                "id": f"sub-{n}",
+                "source": "billing",
+                "type": "subscription.updated",
+                "subject": f"acct-sub-{n % 5}",
+                "time": format_rfc3339(int(time.time() * 1000)),
+                "data": {"plan": "starter"},
+            }
+            producer.send(s.topic_accounts, key=sub["subject"].encode(), value=orjson.dumps(sub))
+            producer.flush()
+            self.stop.wait(1.0)
+        producer.close()
 
 
 @pytest.fixture(scope="module")
-def metrics_target() -> Iterator[str]:
-    """host:port of an HTTP server serving /metrics."""
-    # TODO(run): replace with a live "metering run" under load once it exists
-    # The load must then also produce dead letters of every reason in REASONS, triggers,
-    # retries and account updates: test_dashboard_query_returns_data wants data on every
-    # panel and test_dead_letter_alert_matches_each_reason one series per reason.
-    load = _FakeLoad()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?")[0] != "/metrics":
-                self.send_error(404)
-                return
-            body = load.page()
-            self.send_response(200)
-            self.send_header("Content-Type", prometheus_client.CONTENT_TYPE_LATEST)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet test output
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, name="metrics-target", daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def metrics_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """host:port of a live `metering run` under load (its own topics, group and key prefix)."""
+    up = subprocess.run(
+        [str(ROOT / "deploy" / "local" / "up.sh")], capture_output=True, text=True, timeout=300, check=False
+    )
+    if up.returncode != 0:
+        pytest.fail(f"local services did not start: {up.stderr.strip()}", pytrace=False)
+    tid = "prom" + uuid.uuid4().hex[:8]
+    settings = Settings(
+        kafka_bootstrap="127.0.0.1:9092",
+        key_prefix=tid,
+        group_id=f"{tid}-group",
+        topic_events=f"{tid}.usage.events",
+        topic_accounts=f"{tid}.usage.accounts",
+        topic_triggers=f"{tid}.usage.triggers",
+        topic_deadletter=f"{tid}.usage.deadletter",
+        partitions=PARTITIONS,
+        rules=ROOT / "rules" / "example.yaml",
+    )
+    ensure_topics(settings, ["usage.milestones"])
+    port = _free_port()
+    log = tmp_path_factory.mktemp("run") / "run.log"
+    proc = start_run(settings, log, METERING_HTTP_PORT=str(port))
+    load = _Load(settings)
+    load.thread.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        load.stop.set()
+        load.thread.join(10)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
 
 
 def _script(action: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
