@@ -85,8 +85,11 @@ def now_utc() -> datetime:
 
 def demo_expected(period: str) -> dict[str, set[str]]:
     """The scopes the demo input fires, per account (see rules/make_demo.py)."""
-    ut = {f"ut:limit-warn:{m}:{period}:free:{lvl}" for m in ("api_calls", "active_users", "storage_gb")
-          for lvl in (80, 100)}
+    ut = {
+        f"ut:limit-warn:{m}:{period}:free:{lvl}"
+        for m in ("api_calls", "active_users", "storage_gb")
+        for lvl in (80, 100)
+    }
     return {
         make_demo.FREE: ut,
         make_demo.POWER: {"pu:reports-power-user"},
@@ -142,14 +145,22 @@ def test_every_kind_fires_once_per_scope_across_duplicates_replay_and_restarts(
         want_topic = milestones if doc["type"] == "expansion.milestone" else s.topic_triggers
         assert r.topic == want_topic, doc
     kinds = Counter(orjson.loads(r.value)["type"] for r in first)
-    assert kinds == {"expansion.usage_threshold": 6, "expansion.power_user": 1,
-                     "expansion.feature_request": 2, "expansion.milestone": 1,
-                     "expansion.spend_threshold": 2}
-    offers = {orjson.loads(r.value)["data"].get("feature"): orjson.loads(r.value)["data"]["offer"]
-              for r in first if orjson.loads(r.value)["type"] == "expansion.feature_request"}
-    assert offers == {"sso": {"plan": "business", "monthly_delta": "150.00"},
-                      "revenue_attribution_dashboard": {"addon": "revenue_attribution",
-                                                        "monthly_delta": "29.00"}}
+    assert kinds == {
+        "expansion.usage_threshold": 6,
+        "expansion.power_user": 1,
+        "expansion.feature_request": 2,
+        "expansion.milestone": 1,
+        "expansion.spend_threshold": 2,
+    }
+    offers = {
+        orjson.loads(r.value)["data"].get("feature"): orjson.loads(r.value)["data"]["offer"]
+        for r in first
+        if orjson.loads(r.value)["type"] == "expansion.feature_request"
+    }
+    assert offers == {
+        "sso": {"plan": "business", "monthly_delta": "150.00"},
+        "revenue_attribution_dashboard": {"addon": "revenue_attribution", "monthly_delta": "29.00"},
+    }
 
     # Replay: a new group reads both topics from the start; the store skips every event by
     # its offset watermark, the evaluation finds the marks set: nothing new is published.
@@ -159,16 +170,25 @@ def test_every_kind_fires_once_per_scope_across_duplicates_replay_and_restarts(
     # Restart of the original group, with more usage inside every scope (and cooldown).
     t = format_rfc3339(int(now.timestamp() * 1000))
     more = [
-        {"specversion": "1.0", "id": f"more-{i}", "source": "e2e", "type": type_, "subject": acct,
-         "time": t, "data": data}
-        for i, (type_, acct, data) in enumerate([
-            ("api.request", make_demo.FREE, {"user_id": "u-1", "concurrency": 1}),
-            ("storage.snapshot", make_demo.FREE, {"gb": "1.0"}),
-            ("feature.used", make_demo.POWER, {"feature": "reports"}),
-            ("feature.requested", make_demo.GROWTH, {"feature": "sso"}),
-            ("payment.captured", make_demo.PAYMENTS, {"amount": "1"}),
-            ("payment.captured", make_demo.SPEND, {"amount": "1"}),
-        ])
+        {
+            "specversion": "1.0",
+            "id": f"more-{i}",
+            "source": "e2e",
+            "type": type_,
+            "subject": acct,
+            "time": t,
+            "data": data,
+        }
+        for i, (type_, acct, data) in enumerate(
+            [
+                ("api.request", make_demo.FREE, {"user_id": "u-1", "concurrency": 1}),
+                ("storage.snapshot", make_demo.FREE, {"gb": "1.0"}),
+                ("feature.used", make_demo.POWER, {"feature": "reports"}),
+                ("feature.requested", make_demo.GROWTH, {"feature": "sso"}),
+                ("payment.captured", make_demo.PAYMENTS, {"amount": "1"}),
+                ("payment.captured", make_demo.SPEND, {"amount": "1"}),
+            ]
+        )
     ]
     produce(s.kafka_bootstrap, s.topic_events, records(more))
     restarted = run_service(s, catalog)
@@ -212,16 +232,43 @@ def test_sigkill_after_recording_publishes_the_same_id_after_restart(
     account = "acct-kill-1"
     t = format_rfc3339(int(time.time() * 1000) - 1000)
     docs = [
-        {"specversion": "1.0", "id": "k-1", "source": "e2e", "type": "storage.snapshot",
-         "subject": account, "time": t, "data": {"gb": "0.8"}},
-        {"specversion": "1.0", "id": "k-2", "source": "e2e", "type": "feature.requested",
-         "subject": account, "time": t, "data": {"feature": "sso"}},
-        {"specversion": "1.0", "id": "k-3", "source": "e2e", "type": "payment.captured",
-         "subject": account, "time": t, "data": {"amount": "1000000"}},
+        {
+            "specversion": "1.0",
+            "id": "k-1",
+            "source": "e2e",
+            "type": "storage.snapshot",
+            "subject": account,
+            "time": t,
+            "data": {"gb": "0.8"},
+        },
+        {
+            "specversion": "1.0",
+            "id": "k-2",
+            "source": "e2e",
+            "type": "feature.requested",
+            "subject": account,
+            "time": t,
+            "data": {"feature": "sso"},
+        },
+        {
+            "specversion": "1.0",
+            "id": "k-3",
+            "source": "e2e",
+            "type": "payment.captured",
+            "subject": account,
+            "time": t,
+            "data": {"amount": "1000000"},
+        },
     ]
     produce(s.kafka_bootstrap, s.topic_events, records(docs))
-    proc = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_PUBLISH], env=service_env(s), cwd=ROOT,
-                          capture_output=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_BEFORE_PUBLISH],
+        env=service_env(s),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
 
     period = period_of(int(time.time() * 1000))
@@ -255,26 +302,49 @@ def test_sigkill_after_recording_publishes_the_same_id_after_restart(
 
 
 def _cli(s: Settings, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "metering.cli", *args], env=service_env(s), cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "metering.cli", *args],
+        env=service_env(s),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_send_then_tail(settings: Settings, tmp_path: Path) -> None:
-    s, catalog, milestones = isolate(settings, tmp_path)
+    s, catalog, _milestones = isolate(settings, tmp_path)
     account = "acct-cli-1"
     now_ms = int(time.time() * 1000)
     t = format_rfc3339(now_ms - 1000)
 
     def ev(i: int, type_: str, data: dict[str, Any]) -> dict[str, Any]:
-        return {"specversion": "1.0", "id": f"c-{i}", "source": "e2e", "type": type_, "subject": account,
-                "time": t, "data": data}
+        return {
+            "specversion": "1.0",
+            "id": f"c-{i}",
+            "source": "e2e",
+            "type": type_,
+            "subject": account,
+            "time": t,
+            "data": data,
+        }
 
     sub = tmp_path / "accounts.jsonl"
-    sub.write_text(orjson.dumps({
-        "specversion": "1.0", "id": "s-1", "source": "billing", "type": "subscription.updated",
-        "subject": account, "time": format_rfc3339(now_ms - 86_400_000),
-        "data": {"plan": "starter", "billing": "monthly", "started_at": "2026-01-01T00:00:00Z"},
-    }).decode() + "\n")
+    sub.write_text(
+        orjson.dumps(
+            {
+                "specversion": "1.0",
+                "id": "s-1",
+                "source": "billing",
+                "type": "subscription.updated",
+                "subject": account,
+                "time": format_rfc3339(now_ms - 86_400_000),
+                "data": {"plan": "starter", "billing": "monthly", "started_at": "2026-01-01T00:00:00Z"},
+            }
+        ).decode()
+        + "\n"
+    )
     done = _cli(s, "send", str(sub), "--topic", s.topic_accounts)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "sent 1, failed 0"
@@ -294,7 +364,7 @@ def test_send_then_tail(settings: Settings, tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stdout.strip().splitlines()[-1] == "sent 3, failed 2"
     assert "line 2: not JSON" in done.stderr and "line 4: no subject" in done.stderr
-    sent = read_all(s.kafka_bootstrap, s.topic_events)
+    sent: list[Any] = read_all(s.kafka_bootstrap, s.topic_events)
     assert len(sent) == 3 and {r.key for r in sent} == {account.encode()}
 
     missing = _cli(s, "send", str(tmp_path / "nope.jsonl"))
@@ -306,10 +376,15 @@ def test_send_then_tail(settings: Settings, tmp_path: Path) -> None:
     assert tail.returncode == 0, tail.stderr
     out = sorted(tail.stdout.strip().splitlines())
     assert len(out) == 3, tail.stdout
-    ids = {trigger_id(account, f"ut:limit-warn:storage_gb:{period_of(now_ms)}:starter:{lvl}")
-           for lvl in (80, 100)}
-    assert any(" milestone acct-cli-1 first-million-payments payments 1000000 >= 1000000" in line
-               and "-> offer plan pro +50.00/mo" in line for line in out), out
+    ids = {
+        trigger_id(account, f"ut:limit-warn:storage_gb:{period_of(now_ms)}:starter:{lvl}")
+        for lvl in (80, 100)
+    }
+    assert any(
+        " milestone acct-cli-1 first-million-payments payments 1000000 >= 1000000" in line
+        and "-> offer plan pro +50.00/mo" in line
+        for line in out
+    ), out
     thresholds = [line for line in out if " usage_threshold acct-cli-1 limit-warn storage_gb " in line]
     assert len(thresholds) == 2, out
     # The value is the level when evaluated (8 or 10 of 10, depending on the batching).
