@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from kafka.errors import KafkaError
+from rich.console import Console
 from rich.progress import Progress
 
 from consumers import kafka_io
@@ -114,7 +114,9 @@ def send(
     failures: list[tuple[int, str]] = []
     pending: list[tuple[int, Any]] = []  # (line number, future)
     try:
-        with Progress(disable=not sys.stderr.isatty(), transient=True) as progress:
+        # The bar goes to stderr (stdout carries the counts) and only when that is a terminal.
+        console = Console(stderr=True)
+        with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
             task = progress.add_task(f"sending to {target}", total=total)
             for line in read_lines(file):
                 if line.error is not None:
