@@ -415,3 +415,57 @@ def test_recorded_once_only_scopes_are_not_offered_again(engine: TriggerEngine) 
     first = engine.evaluate(state(), [request("sso")])
     engine.recorded(ACCOUNT, first)
     assert engine.evaluate(state(), [request("sso")]) == first
+
+
+# -- the readable lines of `metering tail` and the report of `metering send` (pure) -----------
+
+
+def test_tail_formats_every_kind(engine: TriggerEngine) -> None:
+    from metering.cli.tail import format_trigger
+
+    sub = Subscription(plan="starter", spend_cap=Decimal(60), started_at_ms=NOW - 90 * DAY_MS)
+    st = state(sub=sub, values={"api_calls": 80000}, weeks=weekly([3, 3, 3, 3]), lifetime={"payments": 10**6})
+    items = [api_item(), report_item(), request("sso"), payment_item()]
+    lines = {c.kind: format_trigger(orjson.loads(c.payload(ACCOUNT))) for c in engine.evaluate(st, items)}
+    ts = "2026-11-11T12:00:00Z"
+    assert lines == {
+        "usage_threshold": f"{ts} usage_threshold {ACCOUNT} limit-warn api_calls 80000/100000 (80%)"
+        f" -> offer plan pro +50.00/mo  [{lines['usage_threshold'][-10:-1]}]",
+        "power_user": f"{ts} power_user {ACCOUNT} reports-power-user report_runs >=3/week for 4 weeks"
+        f" -> offer plan pro +50.00/mo  [{lines['power_user'][-10:-1]}]",
+        "feature_request": f"{ts} feature_request {ACCOUNT} gated-feature feature sso"
+        f" -> offer plan business +150.00/mo  [{lines['feature_request'][-10:-1]}]",
+        "milestone": f"{ts} milestone {ACCOUNT} first-million-payments payments 1000000 >= 1000000"
+        f" -> offer plan pro +50.00/mo  [{lines['milestone'][-10:-1]}]",
+        "spend_threshold": f"{ts} spend_threshold {ACCOUNT} spend-cap spend 49.00/60.00 {PERIOD} (80%)"
+        f" -> offer plan pro +50.00/mo  [{lines['spend_threshold'][-10:-1]}]",
+    }
+    assert all(line.endswith("…]") and "[trg-" in line for line in lines.values())
+    assert format_trigger({"type": "expansion.milestone", "id": "x", "data": {"offer": None}}).startswith(
+        "? milestone ? ?"
+    )
+    enterprise = {"plan": "enterprise", "monthly_delta": None, "contact_sales": True}
+    line = format_trigger({"type": "expansion.feature_request", "id": "trg-1", "data": {"offer": enterprise}})
+    assert "-> offer plan enterprise (contact sales)" in line
+
+
+def test_send_parses_lines_and_reports_honestly() -> None:
+    from metering.cli.send import MAX_SHOWN, parse_line, summary
+
+    ok = parse_line(1, b'{"subject": "acct-1", "id": "e"}\n')
+    assert ok is not None and ok.error is None and ok.key == b"acct-1"
+    assert ok.value == b'{"subject": "acct-1", "id": "e"}'
+    assert parse_line(2, b"  \n") is None
+    for raw, why in [
+        (b"{nope", "not JSON"),
+        (b"[1]", "not a JSON object"),
+        (b'{"subject": ""}', "no subject"),
+        (b'{"subject": 7}', "no subject"),
+        (b"\xff\xfe", "not JSON"),
+    ]:
+        bad = parse_line(3, raw)
+        assert bad is not None and bad.error is not None and bad.error.startswith(why), (raw, bad)
+    assert summary(5, []) == ["sent 5, failed 0"]
+    many = summary(0, [(n, "bad") for n in range(1, 14)])
+    assert many[:MAX_SHOWN] == [f"line {n}: bad" for n in range(1, MAX_SHOWN + 1)]
+    assert many[MAX_SHOWN:] == ["... and 3 more", "sent 0, failed 13"]
