@@ -1,0 +1,95 @@
+"""The benchmark itself works (SPEC §6): a tiny run of `python -m bench` exits 0 and writes
+its JSON with every figure. Timings and targets are never asserted here: they are the
+benchmark's to report, not a test's to judge."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from kafka import KafkaAdminClient
+
+ROOT = Path(__file__).resolve().parent.parent
+LATEST = ROOT / "bench" / "results" / "latest.json"
+
+KEYS = (
+    "run_id",
+    "events",
+    "accounts",
+    "partitions",
+    "ceiling_eps",
+    "naive_eps",
+    "engine_eps",
+    "engine_over_ceiling",
+    "engine_over_naive",
+    "trigger_p50_ms",
+    "trigger_p99_ms",
+    "engine_peak_rss_mib",
+    "redis_bytes_per_account",
+    "redis_bytes_per_dedup_id",
+    "machine",
+    "targets",
+    "detail",
+)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_bench_tiny_run_writes_every_figure(services: dict[str, str]) -> None:
+    before = LATEST.stat().st_mtime if LATEST.exists() else 0.0
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--events",
+            "5000",
+            "--naive-events",
+            "500",
+            "--latency-seconds",
+            "3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"JSON: {LATEST}" in proc.stdout
+    assert LATEST.stat().st_mtime > before
+    result = orjson.loads(LATEST.read_bytes())
+    for key in KEYS:
+        assert key in result, key
+    assert result["events"] == 5000
+    for key in (
+        "ceiling_eps",
+        "naive_eps",
+        "engine_eps",
+        "engine_peak_rss_mib",
+        "redis_bytes_per_account",
+        "redis_bytes_per_dedup_id",
+    ):
+        assert result[key] > 0, key
+    for key in ("trigger_p50_ms", "trigger_p99_ms"):
+        assert not math.isnan(result[key]) and result[key] > 0, key
+    assert set(result["targets"].values()) <= {"PASS", "MISS"}
+    assert {"nproc", "cpu", "python", "kafka_python", "redis", "kafka"} <= set(result["machine"])
+    assert result["detail"]["engine"]["exit_code"] == 0  # SIGTERM: a clean stop
+    # Everything the run created is gone: its topics and its Redis keys.
+    run_id = result["run_id"]
+    admin = KafkaAdminClient(bootstrap_servers=services["kafka"])
+    try:
+        assert not [t for t in admin.list_topics() if t.startswith(run_id)]
+    finally:
+        admin.close()
+    r = redis.Redis.from_url(services["redis"])
+    try:
+        assert not list(r.scan_iter(match=f"{run_id}*", count=1000))
+    finally:
+        r.close()
