@@ -19,12 +19,12 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from kafka import TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, SaslAuthenticationFailedError
 from kafka.structs import OffsetAndMetadata
 
 from consumers import kafka_io
@@ -39,7 +39,7 @@ from metering.batch import (
     items_for,
     plan_batch,
 )
-from metering.errors import DEAD_LETTER_REASONS, BadEvent, BrokerUnavailable
+from metering.errors import DEAD_LETTER_REASONS, BadEvent, BrokerUnavailable, ConfigError
 from metering.events import decode_event
 from metering.meters import MeterIndex
 from metering.metrics import Metrics
@@ -104,15 +104,25 @@ class Service:
     # -- life cycle -------------------------------------------------------------------------
 
     def connect(self) -> None:
-        """Kafka clients, retried while the broker is unreachable."""
+        """Redis and the Kafka clients, retried while unreachable; a refused credential is a
+        ConfigError (one line, exit) rather than an endless retry."""
 
         def make() -> None:
-            try:
-                self.producer = kafka_io.producer(self.settings)
-                self.consumer = kafka_io.consumer(self.settings)
-            except KafkaError as exc:
-                raise BrokerUnavailable(f"kafka: {exc}") from exc
+            # kafka-python reports a refused SASL login only in its log and then times out
+            # bootstrapping; the watch turns that into one ConfigError line (not transient:
+            # retrying a wrong password only locks the account out).
+            watch = _AuthFailureWatch()
+            with watch.attached():
+                try:
+                    self.producer = kafka_io.producer(self.settings)
+                    self.consumer = kafka_io.consumer(self.settings)
+                except KafkaError as exc:
+                    if isinstance(exc, SaslAuthenticationFailedError) or watch.failed:
+                        user = self.settings.kafka_sasl_username
+                        raise ConfigError(f"kafka authentication failed for user {user!r}") from None
+                    raise BrokerUnavailable(f"kafka: {exc}") from exc
 
+        self.retry("connecting to Redis", self.store.check)
         self.retry("connecting to Kafka", make)
         listener = _Rebalance(self)
         self.consumer.subscribe([self.settings.topic_accounts, self.settings.topic_events], listener=listener)
@@ -362,6 +372,29 @@ def _kind_of(entry: bytes) -> str:
         return "unknown"
     j = entry.find(b'"', i + len(marker))
     return entry[i + len(marker) : j].decode()
+
+
+class _AuthFailureWatch(logging.Handler):
+    """Catches kafka-python's log record of a refused SASL login while clients connect."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Authentication failed" in record.getMessage():
+            self.failed = True
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        kafka_log = logging.getLogger("kafka")
+        kafka_log.addHandler(self)
+        propagate, kafka_log.propagate = kafka_log.propagate, False
+        try:
+            yield
+        finally:
+            kafka_log.removeHandler(self)
+            kafka_log.propagate = propagate
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

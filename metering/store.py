@@ -21,7 +21,7 @@ import redis
 import redis.cluster
 
 from metering import keys
-from metering.errors import StoreUnavailable
+from metering.errors import ConfigError, StoreUnavailable
 from metering.metrics import Metrics
 from metering.settings import Settings
 
@@ -164,6 +164,19 @@ class Store:
             for i, reply in zip(idx, replies, strict=True):
                 out[i] = reply
         return out
+
+    def check(self) -> None:
+        """Reachable and the credentials accepted; ConfigError for a refused login."""
+        try:
+            self.r.ping()
+        except redis.AuthenticationError as exc:
+            raise ConfigError(f"redis authentication failed: {exc}") from None
+        except redis.ResponseError as exc:
+            if "WRONGPASS" in str(exc) or "NOAUTH" in str(exc):
+                raise ConfigError(f"redis authentication failed: {exc}") from None
+            raise
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
 
     def ping(self) -> bool:
         try:

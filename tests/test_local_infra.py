@@ -85,6 +85,7 @@ def test_start_twice_stop_start_again(services: dict[str, str], tmp_path: Path) 
         "KAFKA_LIBS": str(LOCAL / ".state" / "kafka-libs"),
         "KAFKA_PORT": str(_free_port()),
         "KAFKA_CONTROLLER_PORT": str(_free_port()),
+        "KAFKA_SASL_PORT": str(_free_port()),
         "REDIS_PORT": str(_free_port()),
     }
     try:
@@ -129,6 +130,8 @@ def test_port_taken_is_one_clear_line(tmp_path: Path) -> None:
             "METERING_LOCAL_STATE": str(tmp_path),
             "KAFKA_PORT": str(port),
             "KAFKA_CONTROLLER_PORT": str(_free_port()),
+            "KAFKA_SASL_PORT": str(_free_port()),
+        "KAFKA_SASL_PORT": str(_free_port()),
             "REDIS_PORT": str(port),
         }
         for name in ("kafka.sh", "redis.sh"):
@@ -146,6 +149,7 @@ def test_java_missing_is_one_clear_line(tmp_path: Path) -> None:
         "JAVA_BIN": str(tmp_path / "no-such-java"),
         "KAFKA_PORT": str(_free_port()),
         "KAFKA_CONTROLLER_PORT": str(_free_port()),
+        "KAFKA_SASL_PORT": str(_free_port()),
     }
     proc = _script("kafka.sh", "start", env, timeout=30)
     assert proc.returncode == 1

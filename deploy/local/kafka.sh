@@ -3,12 +3,13 @@
 # 127.0.0.1, from Maven Central's jars on this machine's JDK.
 #   deploy/local/kafka.sh provision|start|stop|status|version
 # Idempotent: start on a running broker only re-checks readiness; stop on a stopped one is a no-op.
-# Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_START_TIMEOUT (90 s),
+# Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_SASL_PORT (9094), KAFKA_START_TIMEOUT (90 s),
 #      JAVA_BIN (java), KAFKA_LIBS (jar folder), METERING_LOCAL_STATE (deploy/local/.state).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 PORT="${KAFKA_PORT:-9092}"
 CPORT="${KAFKA_CONTROLLER_PORT:-9093}"
+SPORT="${KAFKA_SASL_PORT:-9094}"  # SASL_PLAINTEXT with SCRAM-SHA-256/512 (users are created with the admin API)
 TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 JAVA="${JAVA_BIN:-java}"
 LIBS="${KAFKA_LIBS:-$STATE/kafka-libs}"
@@ -42,9 +43,12 @@ provision() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$CPORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT,SASL_PLAINTEXT://127.0.0.1:$SPORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT,SASL_PLAINTEXT://127.0.0.1:$SPORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$DATA
@@ -95,6 +99,7 @@ start() {
     if port_in_use "$PORT"; then
       die "kafka: port 127.0.0.1:$PORT is already in use by another process (pid $(listener_pid "$PORT")); stop it or set KAFKA_PORT"
     fi
+    port_in_use "$SPORT" && die "kafka: SASL port 127.0.0.1:$SPORT is already in use (pid $(listener_pid "$SPORT")); stop it or set KAFKA_SASL_PORT"
     port_in_use "$CPORT" && die "kafka: controller port 127.0.0.1:$CPORT is already in use (pid $(listener_pid "$CPORT")); stop it or set KAFKA_CONTROLLER_PORT"
     provision
     mkdir -p "$STATE/kafka-logs"

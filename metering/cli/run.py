@@ -38,6 +38,10 @@ def run(
     except OSError as exc:
         fail(f"cannot serve HTTP on {settings.http_host}:{settings.http_port}: {exc}")
     service.install_signal_handlers()
+    try:
+        service.connect()
+    except MeteringError as exc:
+        fail(str(exc))
     logging.getLogger("metering").info(
         "metering run: rules %s (version %s), kafka %s, http %s:%d",
         rules or settings.rules,
