@@ -402,3 +402,78 @@ def test_send_then_tail(settings: Settings, tmp_path: Path) -> None:
     quiet = _cli(s, "tail", "--timeout", "2")
     assert quiet.returncode == 0 and quiet.stdout == ""
     assert time.monotonic() - t0 < 60
+
+
+# -- cooldowns across the store, with a fake clock -------------------------------------------
+
+
+def test_cooldowns_fire_again_only_after_they_expire(settings: Settings, tmp_path: Path) -> None:
+    """power_user (90 days) and feature_request (30 days) over weeks of simulated time: each
+    later firing is a compare-and-set on the stored mark and carries the next id (seq 2)."""
+    s, catalog, _ = isolate(settings, tmp_path)
+    t0 = int(datetime(2026, 3, 4, 12, tzinfo=UTC).timestamp() * 1000)  # a Wednesday
+    day, week = 86_400_000, 7 * 86_400_000
+    power, lapsed = "acct-cd-power", "acct-cd-lapsed"
+    n = iter(range(10**6))
+
+    def ev(account: str, type_: str, t: int, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "specversion": "1.0",
+            "id": f"cd-{next(n)}",
+            "source": "e2e",
+            "type": type_,
+            "subject": account,
+            "time": format_rfc3339(t),
+            "data": data,
+        }
+
+    def reports(account: str, end: int, per_week: tuple[int, ...] = (3, 3, 3, 3)) -> list[dict[str, Any]]:
+        # per_week is oldest first; the last entry is end's own week (runs just before end)
+        out = []
+        for back, count in zip(range(len(per_week) - 1, -1, -1), per_week, strict=True):
+            for i in range(count):
+                out.append(
+                    ev(account, "feature.used", end - back * week - (i + 1) * 60_000, {"feature": "reports"})
+                )
+        return out
+
+    def step(at: int, docs: list[dict[str, Any]]) -> None:
+        produce(s.kafka_bootstrap, s.topic_events, records(docs))
+        Service(s, catalog, clock=lambda: at / 1000).run(max_idle_polls=10)
+
+    def published() -> Counter[tuple[str, str]]:
+        return Counter(
+            (orjson.loads(r.value)["subject"], orjson.loads(r.value)["id"])
+            for r in triggers(s, s.topic_triggers)
+        )
+
+    pu, fr = "pu:reports-power-user", "fr:gated-feature:sso"
+    sso = {"feature": "sso"}
+    step(
+        t0, reports(power, t0) + reports(lapsed, t0, (3, 2, 3, 3)) + [ev(power, "feature.requested", t0, sso)]
+    )
+    assert published() == {(power, trigger_id(power, pu, 1)): 1, (power, trigger_id(power, fr, 1)): 1}
+
+    # Inside both cooldowns: as active as ever, nothing new.
+    t1 = t0 + 29 * day
+    step(t1, reports(power, t1) + reports(lapsed, t1) + [ev(power, "feature.requested", t1, sso)])
+    got = published()
+    assert set(got) == {
+        (power, trigger_id(power, pu, 1)),
+        (power, trigger_id(power, fr, 1)),
+        (lapsed, trigger_id(lapsed, pu, 1)),
+    }  # lapsed now has its 4 full weeks
+    # After the feature cooldown (30 days from t0) but inside the power-user one (90 days).
+    t2 = t0 + 31 * day
+    step(t2, [*reports(power, t2), ev(power, "feature.requested", t2, sso)])
+    assert (power, trigger_id(power, fr, 2)) in published()
+    assert (power, trigger_id(power, pu, 2)) not in published()
+    # After the power-user cooldown.
+    t3 = t0 + 91 * day
+    step(t3, reports(power, t3))
+    got = published()
+    assert (power, trigger_id(power, pu, 2)) in got
+    assert all(count == 1 for count in got.values()), got
+    marks = fired(s, [power])[power]
+    assert orjson.loads(marks[pu])["seq"] == 2 and orjson.loads(marks[pu])["id"] == trigger_id(power, pu, 2)
+    assert orjson.loads(marks[fr])["seq"] == 2
