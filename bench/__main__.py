@@ -139,7 +139,16 @@ def run_latency(
     run: Run, topics: Any, rules: Any, records: Any, rate: float, args: argparse.Namespace, out_dir: Any
 ) -> dict[str, Any]:
     """A fresh `metering run` on a fresh topic set, ready before the paced producer starts."""
-    from bench.infra import engine_port, service_env, start_engine, stop, wait_ready
+    from bench.infra import (
+        cpu_seconds,
+        engine_port,
+        http_get,
+        metric_totals,
+        service_env,
+        start_engine,
+        stop,
+        wait_ready,
+    )
 
     env = service_env(topics, run.prefix("lat"), run.group("lat"), rules)
     if args.engine_max_poll_records:
@@ -147,10 +156,17 @@ def run_latency(
     log = out_dir / "latency-engine.log"
     proc = start_engine(run, env, log)
     try:
-        wait_ready(engine_port(log, proc), proc)
-        return latency.measure(
+        port = engine_port(log, proc)
+        wait_ready(port, proc)
+        cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+        result = latency.measure(
             topics.events, topics.triggers, records, rate, args.latency_seconds, run.run_id
         )
+        # Was the engine keeping up? Its CPU share over the paced phase and its lag at the end.
+        result["engine_cpu_share"] = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0)
+        metrics = metric_totals(http_get(port, "/metrics")[1])
+        result["engine_lag_at_end"] = metrics.get("metering_consumer_lag_records", 0.0)
+        return result
     finally:
         stop(proc)
 

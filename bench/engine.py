@@ -11,10 +11,12 @@ from bench.infra import (
     CommitWatch,
     Run,
     TopicSet,
+    cpu_seconds,
     engine_port,
     http_get,
     metric_totals,
     peak_rss_mib,
+    redis_cpu_seconds,
     service_env,
     start_engine,
     stop,
@@ -42,6 +44,7 @@ def run_engine(
     total = sum(ends.values())
     watch = CommitWatch(group, topics.events)
     samples: list[tuple[float, int]] = []  # (time, committed records) whenever it moved
+    cpu: list[tuple[float, float, float]] = []  # (time, engine CPU s, Redis CPU s) at each sample
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -52,6 +55,7 @@ def run_engine(
             done = sum(min(got.get(p, 0), e) for p, e in ends.items())
             if done and (not samples or done > samples[-1][1]):
                 samples.append((now, done))
+                cpu.append((now, cpu_seconds(proc.pid), redis_cpu_seconds()))
             if done >= total:
                 break
             time.sleep(0.1)
@@ -63,6 +67,10 @@ def run_engine(
     rss = peak_rss_mib(proc.pid)
     code = stop(proc)
     (t_first, n_first), (t_last, n_last) = samples[0], samples[-1]
+    # Where the wall time went: the engine's own CPU share and Redis's, over the same window.
+    wall = cpu[-1][0] - cpu[0][0]
+    engine_cpu = (cpu[-1][1] - cpu[0][1]) / wall if wall > 0 else float("nan")
+    redis_cpu = (cpu[-1][2] - cpu[0][2]) / wall if wall > 0 else float("nan")
     if t_last > t_first:
         eps, window = (n_last - n_first) / (t_last - t_first), t_last - t_first
     else:  # everything committed at once (a tiny run): fall back to the whole life
@@ -73,6 +81,8 @@ def run_engine(
         "eps": eps,
         "peak_rss_mib": round(rss, 1),
         "exit_code": code,
+        "engine_cpu_share": engine_cpu,  # CPU seconds per wall second (1.0 = one core busy)
+        "redis_cpu_share": redis_cpu,
         "processed": metrics.get("metering_events_processed_total", 0.0),
         "deduplicated": metrics.get("metering_events_deduplicated_total", 0.0),
         "deadlettered": metrics.get("metering_events_deadlettered_total", 0.0),

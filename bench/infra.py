@@ -260,6 +260,22 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_seconds() -> float:
+    """Redis server CPU seconds so far (user + system): what its Lua scripts cost."""
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        info = r.info("cpu")
+    finally:
+        r.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
     """SIGTERM (the service finishes its batch, commits and leaves the group), then SIGKILL."""
     if proc.poll() is None:

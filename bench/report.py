@@ -53,12 +53,23 @@ def render(result: dict[str, Any], console: Console | None = None) -> None:
         f"first {d['naive']['events']:,} events, per-event round trips",
     )
     table.add_row("engine", f"{_f(result['engine_eps'])} ev/s", "metering run, first commit to last commit")
+    e = d["engine"]
+    table.add_row(
+        "engine CPU / Redis CPU",
+        f"{_f(e['engine_cpu_share'], 2)} / {_f(e['redis_cpu_share'], 2)}",
+        "cores busy during the engine window (CPU s per wall s)",
+    )
     table.add_row("engine / ceiling", _f(result["engine_over_ceiling"], 2), "target >= 0.5")
     table.add_row("engine / naive", _f(result["engine_over_naive"], 1), "target >= 10")
     lat = d["latency"]
     note = f"at {_f(lat['rate_achieved'])} ev/s, {lat['probes_seen']}/{lat['probes']} probes"
     table.add_row("trigger p50", f"{_f(result['trigger_p50_ms'], 1)} ms", note)
-    table.add_row("trigger p99", f"{_f(result['trigger_p99_ms'], 1)} ms", "target < 500 ms")
+    table.add_row(
+        "trigger p99",
+        f"{_f(result['trigger_p99_ms'], 1)} ms",
+        f"target < 500 ms; engine CPU {_f(lat.get('engine_cpu_share', float('nan')), 2)}, "
+        f"lag at end {_f(lat.get('engine_lag_at_end', float('nan')))}",
+    )
     table.add_row("engine peak RSS", f"{_f(result['engine_peak_rss_mib'], 1)} MiB", "VmHWM before SIGTERM")
     mem = d["memory"]
     table.add_row(
