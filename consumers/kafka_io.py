@@ -46,6 +46,9 @@ def producer(settings: Settings, **extra: Any) -> KafkaProducer:
         "linger_ms": 5,
         "compression_type": None,
         "max_in_flight_requests_per_connection": 5,
+        # A send that cannot get metadata fails fast (and is retried by the policy) instead
+        # of blocking the loop, so SIGTERM is honoured within its 10 s.
+        "max_block_ms": 5000,
     }
     return KafkaProducer(**(cfg | extra))
 

@@ -124,8 +124,24 @@ class Service:
 
         self.retry("connecting to Redis", self.store.check)
         self.retry("connecting to Kafka", make)
+        self._ensure_output_topics()
         listener = _Rebalance(self)
         self.consumer.subscribe([self.settings.topic_accounts, self.settings.topic_events], listener=listener)
+
+    def _ensure_output_topics(self) -> None:
+        """Every topic a trigger or dead letter can go to exists before the first publish: a
+        missing one would block each send and hold every account's triggers back."""
+        from consumers.topics import ensure_topics
+
+        def create() -> None:
+            try:
+                ensure_topics(self.settings, sorted(self.engine.topics()))
+            except KafkaError as exc:
+                if getattr(exc, "retriable", False) or "Timeout" in type(exc).__name__:
+                    raise BrokerUnavailable(f"kafka: {exc}") from exc
+                raise ConfigError(f"cannot create the output topics: {exc}") from None
+
+        self.retry("creating output topics", create)
 
     def install_signal_handlers(self) -> None:
         def handle(signum: int, _frame: object) -> None:
