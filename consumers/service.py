@@ -204,8 +204,8 @@ class Service:
         plan = plan_batch(usage, self.index, self.engine, self.limits, now_ms)
         dead += plan.dead
         results = self._apply_usage(plan, now_ms)
-        fired = self._fire(plan, results)
-        self._publish(plan, results, fired, dead)
+        outboxes = self._fire(plan, results)
+        self._publish(plan, results, outboxes, dead)
         self._commit(raw_records)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         self._observe_lag()
@@ -246,8 +246,9 @@ class Service:
         self.metrics.events_deduplicated.labels("redelivered").inc(redelivered)
         return results
 
-    def _fire(self, plan: BatchPlan, results: Sequence[ApplyResult]) -> dict[str, list[Candidate]]:
-        """Evaluate and record triggers; returns the candidates recorded per account."""
+    def _fire(self, plan: BatchPlan, results: Sequence[ApplyResult]) -> dict[str, list[bytes]]:
+        """Evaluate and record triggers; returns, per account that had candidates, its outbox
+        as read back by the same script that recorded them."""
         calls: list[FireCall] = []
         cands: list[tuple[AccountBatch, list[Candidate]]] = []
         for acct, res in zip(plan.accounts, results, strict=True):
@@ -273,33 +274,26 @@ class Service:
                     )
                 )
                 cands.append((acct, found))
-        flags = self.retry("recording triggers", lambda: self.store.fire(calls))
-        recorded: dict[str, list[Candidate]] = {}
-        for (acct, found), f in zip(cands, flags, strict=True):
+        replies = self.retry("recording triggers", lambda: self.store.fire(calls))
+        outboxes: dict[str, list[bytes]] = {}
+        for (acct, found), (_flags, outbox) in zip(cands, replies, strict=True):
             self.engine.recorded(acct.call.account, found)
-            recorded.setdefault(acct.call.account, []).extend(
-                c for c, ok in zip(found, f, strict=True) if ok == "1"
-            )
-        return recorded
+            outboxes[acct.call.account] = outbox
+        return outboxes
 
     def _publish(
         self,
         plan: BatchPlan,
         results: Sequence[ApplyResult],
-        recorded: dict[str, list[Candidate]],
+        outboxes: dict[str, list[bytes]],
         dead: Sequence[DeadLetter],
     ) -> None:
-        """Outbox entries (older ones first, then this batch's) and dead letters, acked."""
-        entries: list[tuple[str, list[bytes]]] = []
-        seen: set[str] = set()
+        """Every account's outbox (as the fire script left it, else as apply read it: entries
+        left by a crash come first) and the dead letters; then the acked entries are dropped."""
         for acct, res in zip(plan.accounts, results, strict=True):
-            account = acct.call.account
-            if account in seen:
-                continue
-            seen.add(account)
-            new = [f"{c.topic}\n{c.payload(account)}".encode() for c in recorded.get(account, ())]
-            if res.outbox or new:
-                entries.append((account, list(res.outbox) + new))
+            if res.outbox and acct.call.account not in outboxes:
+                outboxes[acct.call.account] = list(res.outbox)
+        entries = [(account, items) for account, items in outboxes.items() if items]
         self.metrics.outbox_depth.set(sum(len(e) for _, e in entries))
         if not entries and not dead:
             return

@@ -8,11 +8,12 @@ import base64
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from metering.errors import BadEvent
 from metering.events import Event, decode_event
-from metering.meters import MeterIndex
+from metering.meters import MeterIndex, from_micro
 from metering.periods import iso_week, period_of, period_start_ms
 from metering.store import ApplyCall, EventArg
 from metering.triggers import Item, TriggerEngine
@@ -112,10 +113,21 @@ def items_for(batch: AccountBatch, flags: str) -> list[Item]:
     """Events that trigger evaluation considers: all but duplicates (a redelivered event is
     kept, so a trigger lost to a crash before it was recorded is recreated)."""
     return [
-        Item(ev, arg[2], frozenset(u[0] for u in arg[5]))
+        Item(ev, arg[2], frozenset(u[0] for u in arg[5]), flag == "1", _amounts(arg[5]))
         for ev, arg, flag in zip(batch.events, batch.args, flags, strict=True)
         if flag != "d"
     ]
+
+
+def _amounts(updates: Sequence[tuple[str, str, str]]) -> dict[str, Decimal]:
+    """What an event adds to each count and sum meter (the additive ones)."""
+    out: dict[str, Decimal] = {}
+    for meter, op, arg in updates:
+        if op == "c":
+            out[meter] = Decimal(1)
+        elif op == "s":
+            out[meter] = from_micro(arg)
+    return out
 
 
 def dead_letter_headers(d: DeadLetter) -> list[tuple[str, bytes]]:

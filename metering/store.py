@@ -204,14 +204,15 @@ class Store:
             out.append(ApplyResult(flags.decode(), sub, periods, life, weeks, marks, outbox))
         return out
 
-    def fire(self, calls: Sequence[FireCall]) -> list[str]:
-        """Record triggers with their marks and outbox entries; per call, a flag per candidate."""
+    def fire(self, calls: Sequence[FireCall]) -> list[tuple[str, list[bytes]]]:
+        """Record triggers with their marks and outbox entries; per call, a flag per candidate
+        and the account's outbox as it stands after the call."""
 
         def args(c: FireCall) -> tuple[list[str], list[Any]]:
             base = self.base(c.account)
             return [base + keys.SUB], [base, orjson.dumps(c.candidates)]
 
-        return [r.decode() for r in self._pipeline("fire", calls, args)]
+        return [(flags.decode(), list(outbox)) for flags, outbox in self._pipeline("fire", calls, args)]
 
     def ack_outbox(self, acks: Sequence[tuple[str, int, bytes]]) -> None:
         """(account, n, first entry): drop the first n entries once Kafka acknowledged them."""

@@ -131,7 +131,6 @@ def test_port_taken_is_one_clear_line(tmp_path: Path) -> None:
             "KAFKA_PORT": str(port),
             "KAFKA_CONTROLLER_PORT": str(_free_port()),
             "KAFKA_SASL_PORT": str(_free_port()),
-        "KAFKA_SASL_PORT": str(_free_port()),
             "REDIS_PORT": str(port),
         }
         for name in ("kafka.sh", "redis.sh"):

@@ -6,7 +6,10 @@
 -- ARGV[2]  JSON: [[field, expected, mark, topic, payload], ...]
 --          `expected` is the mark the caller saw ("" = never fired): a compare-and-set, so a
 --          fenced or duplicate caller cannot fire the same scope twice or skip a cooldown.
--- Returns a string with one char per candidate: "1" recorded, "0" refused (mark changed).
+-- Returns {flags, outbox}: one char per candidate ("1" recorded, "0" refused: the mark had
+-- changed) and the whole outbox after the appends. A caller refused because another member
+-- (say, a fenced zombie) recorded the same trigger first thus sees that member's entry and
+-- publishes it: an entry can never be stranded behind a refused candidate.
 local base = ARGV[1]
 local fired_key = base .. 'fired'
 local outbox_key = base .. 'ob'
@@ -21,4 +24,4 @@ for i, c in ipairs(cjson.decode(ARGV[2])) do
     out[i] = '0'
   end
 end
-return table.concat(out)
+return {table.concat(out), redis.call('LRANGE', outbox_key, 0, -1)}

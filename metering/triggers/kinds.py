@@ -8,8 +8,8 @@ lost before it was recorded; the fired marks make a second recording impossible.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from metering.events import Event
@@ -33,11 +33,17 @@ FEATURE_REQUESTED = "feature.requested"
 
 @dataclass(frozen=True)
 class Item:
-    """A non-duplicate event of the batch, with the meters it matched and its period."""
+    """A non-duplicate event of the batch, with the meters it matched and its period.
+
+    `applied` is False for a redelivered event (already counted by an earlier call);
+    `amounts` is what the event added to each count or sum meter, which lets a threshold
+    name the very event that crossed it."""
 
     event: Event
     period: str
     meters: frozenset[str]
+    applied: bool = True
+    amounts: Mapping[str, Decimal] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,21 @@ class Ctx:
         )
 
 
+def crossing(ctx: Ctx, meter: str, period: str, now: Decimal, threshold: Decimal) -> tuple[int, Decimal]:
+    """(time, value) of the batch event that took `meter` to `threshold`: the value before
+    the batch is the current one less what the batch applied, and the applied events are
+    walked in order. Falls back to the newest event and the current value when the meter is
+    not additive (max, latest, unique_count) or the level was already passed before."""
+    applied = [i for i in ctx.items if i.applied and i.period == period and meter in i.amounts]
+    value = now - sum((i.amounts[meter] for i in applied), Decimal(0))
+    if value < threshold:
+        for item in applied:
+            value += item.amounts[meter]
+            if value >= threshold:
+                return item.event.time_ms, value
+    return ctx.latest(meter, period), now
+
+
 def _offer(offer: Offer | None) -> dict[str, object] | None:
     return offer.to_json() if offer else None
 
@@ -106,15 +127,16 @@ def usage_threshold(ctx: Ctx, rule: UsageThreshold) -> Iterator[Candidate]:
                 if value * 100 < limit * level:
                     break  # levels ascend (the loader checks): no higher one holds either
                 field = f"ut:{rule.id}:{meter}:{period}:{ctx.plan}:{level}"
+                at_ms, at_value = crossing(ctx, meter, period, value, limit * level / 100)
                 yield ctx.candidate(
                     "usage_threshold",
                     rule.id,
                     field,
-                    ctx.latest(meter, period),
+                    at_ms,
                     {
                         "meter": meter,
                         "period": period,
-                        "value": number(value),
+                        "value": number(at_value),
                         "limit": number(limit),
                         "percent": level,
                         "offer": _offer(offer_for_limit(ctx.catalog, ctx.plan, meter)),
