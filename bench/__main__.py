@@ -9,6 +9,7 @@ removed at the end; logs and the JSON stay in bench/results/ (git-ignored).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from typing import Any
@@ -42,8 +43,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _interrupted(signum: int, _frame: object) -> None:
+    # SIGTERM (and SIGINT, which a background job ignores) unwind through `finally`, so the
+    # run's children, topics and keys are removed even when the benchmark is stopped early.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
     console = Console(stderr=True)
     say = console.log
     ensure_services()
@@ -140,6 +149,7 @@ def run_latency(
 ) -> dict[str, Any]:
     """A fresh `metering run` on a fresh topic set, ready before the paced producer starts."""
     from bench.infra import (
+        batch_stats,
         cpu_seconds,
         engine_port,
         http_get,
@@ -159,13 +169,19 @@ def run_latency(
         port = engine_port(log, proc)
         wait_ready(port, proc)
         cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+        before = metric_totals(http_get(port, "/metrics")[1])
         result = latency.measure(
             topics.events, topics.triggers, records, rate, args.latency_seconds, run.run_id
         )
         # Was the engine keeping up? Its CPU share over the paced phase and its lag at the end.
-        result["engine_cpu_share"] = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0)
+        window = time.perf_counter() - t0
+        result["engine_cpu_share"] = (cpu_seconds(proc.pid) - cpu0) / window
         metrics = metric_totals(http_get(port, "/metrics")[1])
         result["engine_lag_at_end"] = metrics.get("metering_consumer_lag_records", 0.0)
+        # The batch cycle bounds the latency: a probe waits for the batch in hand, then its own.
+        stats = batch_stats(before, metrics)
+        stats["busy_share"] /= window  # share of the wall time spent inside process()
+        result |= stats
         return result
     finally:
         stop(proc)

@@ -11,12 +11,14 @@ from bench.infra import (
     CommitWatch,
     Run,
     TopicSet,
+    batch_stats,
     cpu_seconds,
     engine_port,
     http_get,
     metric_totals,
     peak_rss_mib,
     redis_cpu_seconds,
+    redis_seconds_by_script,
     service_env,
     start_engine,
     stop,
@@ -63,7 +65,11 @@ def run_engine(
             raise SystemExit(f"bench: metering run did not commit the end within {timeout:.0f}s; see {log}")
     finally:
         watch.close()
-    metrics = metric_totals(http_get(port, "/metrics")[1])
+    text = http_get(port, "/metrics")[1]
+    metrics = metric_totals(text)
+    redis_s = redis_seconds_by_script(text)
+    stats = batch_stats({}, metrics)
+    stats["busy_share"] /= max(1e-9, time.perf_counter() - t_start)
     rss = peak_rss_mib(proc.pid)
     code = stop(proc)
     (t_first, n_first), (t_last, n_last) = samples[0], samples[-1]
@@ -87,4 +93,9 @@ def run_engine(
         "deduplicated": metrics.get("metering_events_deduplicated_total", 0.0),
         "deadlettered": metrics.get("metering_events_deadlettered_total", 0.0),
         "triggers_published": metrics.get("metering_triggers_published_total", 0.0),
+        "mean_batch_records": stats["mean_batch_records"],
+        "mean_batch_ms": stats["mean_batch_ms"],
+        # Wall seconds inside process() and, of those, in Redis round trips (per script).
+        "process_seconds": metrics.get("metering_batch_duration_seconds_sum", 0.0),
+        "redis_seconds": {k: round(v, 2) for k, v in redis_s.items()},
     }
