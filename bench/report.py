@@ -57,12 +57,17 @@ def render(result: dict[str, Any], console: Console | None = None) -> None:
     table.add_row(
         "engine CPU / Redis CPU",
         f"{_f(e['engine_cpu_share'], 2)} / {_f(e['redis_cpu_share'], 2)}",
-        "cores busy during the engine window (CPU s per wall s)",
+        f"cores busy (CPU s per wall s); batches {_f(e.get('mean_batch_records', float('nan')))} rec / "
+        f"{_f(e.get('mean_batch_ms', float('nan')))} ms",
     )
     table.add_row("engine / ceiling", _f(result["engine_over_ceiling"], 2), "target >= 0.5")
     table.add_row("engine / naive", _f(result["engine_over_naive"], 1), "target >= 10")
     lat = d["latency"]
-    note = f"at {_f(lat['rate_achieved'])} ev/s, {lat['probes_seen']}/{lat['probes']} probes"
+    note = (
+        f"at {_f(lat['rate_achieved'])} ev/s, {lat['probes_seen']}/{lat['probes']} probes; "
+        f"batches {_f(lat.get('mean_batch_records', float('nan')))} rec / "
+        f"{_f(lat.get('mean_batch_ms', float('nan')))} ms"
+    )
     table.add_row("trigger p50", f"{_f(result['trigger_p50_ms'], 1)} ms", note)
     table.add_row(
         "trigger p99",
