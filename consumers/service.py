@@ -19,7 +19,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kafka import TopicPartition
@@ -29,13 +29,13 @@ from kafka.structs import OffsetAndMetadata
 
 from consumers import kafka_io
 from consumers.policy import Retry, Stopping
+from consumers.publish import AuthFailureWatch, kind_of, publish
 from metering.batch import (
     AccountBatch,
     BatchPlan,
     DeadLetter,
     Limits,
     Record,
-    dead_letter_headers,
     items_for,
     plan_batch,
 )
@@ -52,7 +52,6 @@ from metering.triggers import Candidate, TriggerEngine
 from rules.models import Catalog
 
 log = logging.getLogger("metering.service")
-JSON_HEADERS = [("content-type", b"application/cloudevents+json; charset=utf-8")]
 
 
 class Service:
@@ -111,7 +110,7 @@ class Service:
             # kafka-python reports a refused SASL login only in its log and then times out
             # bootstrapping; the watch turns that into one ConfigError line (not transient:
             # retrying a wrong password only locks the account out).
-            watch = _AuthFailureWatch()
+            watch = AuthFailureWatch()
             with watch.attached():
                 try:
                     self.producer = kafka_io.producer(self.settings)
@@ -298,33 +297,10 @@ class Service:
         if not entries and not dead:
             return
 
-        def send() -> None:
-            futures = []
-            try:
-                for account, items in entries:
-                    for item in items:
-                        topic, _, payload = item.partition(b"\n")
-                        futures.append(
-                            self.producer.send(
-                                topic.decode(), key=account.encode(), value=payload, headers=JSON_HEADERS
-                            )
-                        )
-                for d in dead:
-                    futures.append(
-                        self.producer.send(
-                            self.settings.topic_deadletter,
-                            key=d.record.key,
-                            value=d.record.value,
-                            headers=dead_letter_headers(d),
-                        )
-                    )
-                self.producer.flush(timeout=30)
-                for f in futures:
-                    f.get(timeout=30)
-            except KafkaError as exc:
-                raise BrokerUnavailable(f"publish: {exc}") from exc
-
-        self.retry("publishing triggers and dead letters", send)
+        self.retry(
+            "publishing triggers and dead letters",
+            lambda: publish(self.producer, self.settings.topic_deadletter, entries, dead),
+        )
         self.retry(
             "acknowledging the outbox",
             lambda: self.store.ack_outbox([(a, len(items), items[0]) for a, items in entries]),
@@ -332,8 +308,7 @@ class Service:
         self.metrics.outbox_depth.set(0)
         for _, items in entries:
             for item in items:
-                kind = _kind_of(item)
-                self.metrics.triggers_published.labels(kind).inc()
+                self.metrics.triggers_published.labels(kind_of(item)).inc()
         for d in dead:
             self.metrics.events_deadlettered.labels(d.reason).inc()
 
@@ -373,38 +348,6 @@ class Service:
                 continue
             if pos is not None:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
-
-
-def _kind_of(entry: bytes) -> str:
-    marker = b'"type":"expansion.'
-    i = entry.find(marker)
-    if i < 0:
-        return "unknown"
-    j = entry.find(b'"', i + len(marker))
-    return entry[i + len(marker) : j].decode()
-
-
-class _AuthFailureWatch(logging.Handler):
-    """Catches kafka-python's log record of a refused SASL login while clients connect."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.failed = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "Authentication failed" in record.getMessage():
-            self.failed = True
-
-    @contextlib.contextmanager
-    def attached(self) -> Iterator[None]:
-        kafka_log = logging.getLogger("kafka")
-        kafka_log.addHandler(self)
-        propagate, kafka_log.propagate = kafka_log.propagate, False
-        try:
-            yield
-        finally:
-            kafka_log.removeHandler(self)
-            kafka_log.propagate = propagate
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
