@@ -1,0 +1,460 @@
+"""SPEC 4 under fire: one stream of >= 200k usage events (with producer duplicates, hostile
+records and triggers of every kind) processed by real `metering run` processes on a private
+broker and Redis, while the suite kills and restarts everything it can:
+
+- the consumer, SIGKILLed at >= 5 random moments and restarted;
+- the Kafka broker, SIGKILLed mid-stream and restarted (kafka.sh start);
+- Redis, stopped and started (AOF on), and SIGKILLed and started;
+- a second consumer joining and leaving the group (rebalances);
+- a consumer frozen with SIGSTOP past its session timeout while the other takes over its
+  partitions, then resumed: its stale batch must not be applied a second time (fencing by
+  the per (account, partition) offset watermark).
+
+At the end: every account's aggregates equal the oracle, the set of published trigger ids
+equals the oracle's (each at least once, every copy of an id the same bytes), and the
+distinct dead letters are exactly the injected bad records, each with its reason.
+
+A second, small run shows the other side of the dedup window: with METERING_DEDUP_WINDOW=2s
+a duplicate (same source and id) inside the window is skipped, and one re-sent more than two
+windows later is counted again (ids are remembered for one to two windows, SPEC 4.1).
+
+Reproduce a run's random kill moments with METERING_FAULT_SEED (printed in the report).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from consumers.topics import ensure_topics
+from metering.errors import DEAD_LETTER_REASONS
+from metering.periods import format_rfc3339
+from metering.settings import Settings
+from metering.store import Store
+from rules.loader import load_catalog
+from tests.fault.conftest import Infra, report
+from tests.fault.oracle import Scenario, build, expected_triggers, kinds
+from tests.kafka_util import read_all
+from tests.pipeline_util import committed, end_offsets, start_run
+from tests.workload import mismatches
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "rules" / "example.yaml"
+MILESTONES = "usage.milestones"  # the example's fixed milestone topic: ours on this broker
+SESSION_TIMEOUT_S = 6.0  # METERING_SESSION_TIMEOUT_MS of tests.pipeline_util.service_env
+CHUNKS = 10
+
+pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def n(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def fault_settings(infra: Infra, tag: str, **over: object) -> Settings:
+    s = Settings(
+        kafka_bootstrap=infra.bootstrap,
+        redis_url=infra.redis_url,  # type: ignore[arg-type]
+        key_prefix=tag,
+        group_id=f"{tag}-group",
+        topic_events=f"{tag}.usage.events",
+        topic_accounts=f"{tag}.usage.accounts",
+        topic_triggers=f"{tag}.usage.triggers",
+        topic_deadletter=f"{tag}.usage.deadletter",
+        partitions=4,
+        rules=RULES,
+        http_port=0,
+        late_grace=timedelta(0),  # the power users' report runs reach back 4 ISO weeks
+    )
+    return s.model_copy(update=over) if over else s
+
+
+def send(bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> list[tuple[int, int]]:
+    """Produce and wait for every ack; (partition, offset) of each record, in order.
+    Idempotent, so a retried send is never written twice (the dead-letter check counts
+    offsets, and a producer-side duplicate of a bad record would be a second one)."""
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=20,
+        batch_size=512 * 1024,
+        max_request_size=2 * 1024 * 1024,
+    )
+    try:
+        futures = [producer.send(topic, key=k, value=v) for k, v in records]
+        producer.flush(120)
+        return [(md.partition, md.offset) for md in (f.get(timeout=60) for f in futures)]
+    finally:
+        producer.close(10)
+
+
+def committed_total(s: Settings, topic: str | None = None) -> int:
+    try:
+        return sum(committed(s.kafka_bootstrap, s.group_id, topic or s.topic_events).values())
+    except Exception:  # the broker may be down at that moment
+        return -1
+
+
+def wait_topic_committed(s: Settings, topic: str | None = None, timeout: float = 120) -> None:
+    """Until the group committed the end of every partition of `topic` (default: events).
+    Tolerates a coordinator not available yet (a fresh broker creates __consumer_offsets on
+    the first group) or a broker restarting."""
+    topic = topic or s.topic_events
+    ends = end_offsets(s.kafka_bootstrap, topic)
+    deadline = time.monotonic() + timeout
+    got: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        try:
+            got = committed(s.kafka_bootstrap, s.group_id, topic)
+        except KafkaError:
+            got = {}
+        if all(got.get(p, 0) >= e for p, e in ends.items()):  # an empty partition needs none
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{topic}: committed {got} < end {ends}")
+
+
+class Consumers:
+    """`metering run` processes by name, each with its own log file."""
+
+    def __init__(self, settings: Settings, logs: Path, **env: str) -> None:
+        self.settings = settings
+        self.logs = logs
+        self.env = env
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.kills = 0
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        proc = start_run(self.settings, self.logs / f"{name}.log", **self.env)
+        self.procs[name] = proc
+        return proc
+
+    def sigkill(self, name: str) -> int:
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        self.kills += 1
+        return proc.pid
+
+    def sigterm(self, name: str) -> int:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(20)
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def alive(self) -> dict[str, bool]:
+        return {name: p.poll() is None for name, p in self.procs.items()}
+
+    def stop_all(self) -> None:
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)  # a frozen one could not handle SIGTERM
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+            self.procs.pop(name)
+
+
+@pytest.fixture
+def consumers(fault_infra: Infra, tmp_path: Path) -> Iterator[Consumers]:
+    tag = "g" + os.urandom(4).hex()
+    c = Consumers(fault_settings(fault_infra, tag), tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop_all()
+
+
+def chunks(records: Sequence[tuple[bytes | None, bytes]], k: int) -> list[list[tuple[bytes | None, bytes]]]:
+    size = -(-len(records) // k)
+    return [list(records[i : i + size]) for i in range(0, len(records), size)]
+
+
+def test_exact_totals_triggers_and_dead_letters_across_every_fault(
+    fault_infra: Infra, consumers: Consumers
+) -> None:
+    t_start = time.monotonic()
+    s = consumers.settings
+    catalog = load_catalog(RULES)
+    seed = int(os.environ.get("METERING_FAULT_SEED", str(random.randrange(1, 10**6))))
+    rng = random.Random(seed)
+    sc: Scenario = build(catalog, int(time.time() * 1000), seed=seed % 1000)
+    expected = expected_triggers(catalog, sc)
+    want_kinds = kinds(expected)
+    distinct = len(sc.aggregates.seen)
+    report(
+        f"SCENARIO seed {seed}: {n(len(sc.events))} events ({n(distinct)} distinct, "
+        f"{n(sc.duplicates)} producer duplicates inside the 24 h window), {n(len(sc.bad))} bad records, "
+        f"{n(len(sc.touched))} accounts, {n(len(sc.subscriptions))} subscription records; oracle: "
+        f"{n(len(expected))} triggers ({', '.join(f'{k} {n(v)}' for k, v in sorted(want_kinds.items()))})"
+    )
+    assert distinct >= 200_000
+    assert set(want_kinds) == {
+        "usage_threshold",
+        "power_user",
+        "feature_request",
+        "milestone",
+        "spend_threshold",
+    }
+
+    ensure_topics(s, [MILESTONES])
+    # Subscriptions first, all processed before any usage event: a usage event is evaluated
+    # against the plan known when it is processed (README), so the oracle's plans hold.
+    send(s.kafka_bootstrap, s.topic_accounts, sc.subscriptions)
+    consumers.start("A")
+    wait_topic_committed(s, s.topic_accounts, timeout=90)
+
+    # The bad records are spread through the stream; remember where each one landed.
+    stream: list[tuple[bytes | None, bytes]] = list(sc.events)
+    for key, value, _reason in sc.bad:
+        i = rng.randrange(0, len(stream) + 1)
+        stream.insert(i, (key, value))
+    bad_reason = {v: r for _, v, r in sc.bad}
+    injected: dict[tuple[int, int], str] = {}
+    produced = 0
+
+    def produce(part: list[tuple[bytes | None, bytes]]) -> None:
+        nonlocal produced
+        meta = send(s.kafka_bootstrap, s.topic_events, part)
+        for (_key, value), (p, off) in zip(part, meta, strict=True):
+            if value in bad_reason:
+                injected[(p, off)] = bad_reason[value]
+        produced += len(part)
+
+    def at() -> str:
+        return f"{n(committed_total(s))} committed of {n(produced)} produced"
+
+    def pause() -> None:
+        time.sleep(rng.uniform(0.3, 3.0))  # a random moment while the backlog is processed
+
+    def kill_consumer(name: str) -> None:
+        pause()
+        where = at()
+        pid = consumers.sigkill(name)
+        report(f"FAULT sigkill consumer #{consumers.kills} ({name}, pid {pid}) at {where}")
+        consumers.start(name)
+
+    def kill_broker() -> None:
+        pause()
+        where = at()
+        t0 = time.monotonic()
+        pid = fault_infra.kill_kafka()
+        time.sleep(2)  # the consumers see the broker gone and retry with backoff
+        fault_infra.script("kafka.sh", "start")
+        report(
+            f"FAULT sigkill broker (pid {pid}) at {where}; "
+            f"kafka.sh start ready in {time.monotonic() - t0:.1f} s"
+        )
+
+    def restart_redis() -> None:
+        pause()
+        where = at()
+        t0 = time.monotonic()
+        fault_infra.script("redis.sh", "stop")
+        time.sleep(1.5)
+        fault_infra.script("redis.sh", "start")
+        report(f"FAULT redis stop + start (AOF) at {where}; back in {time.monotonic() - t0:.1f} s")
+
+    def kill_redis() -> None:
+        pause()
+        where = at()
+        t0 = time.monotonic()
+        pid = fault_infra.kill_redis()
+        time.sleep(1.5)
+        fault_infra.script("redis.sh", "start")
+        report(
+            f"FAULT sigkill redis (pid {pid}) at {where}; "
+            f"restarted from its AOF in {time.monotonic() - t0:.1f} s"
+        )
+
+    def join(name: str) -> None:
+        pause()
+        consumers.start(name)
+        report(f"FAULT rebalance: consumer {name} joins the group at {at()}")
+
+    def leave(name: str) -> None:
+        pause()
+        where = at()
+        code = consumers.sigterm(name)
+        report(f"FAULT rebalance: consumer {name} leaves the group (SIGTERM, exit {code}) at {where}")
+
+    def freeze(name: str) -> None:
+        time.sleep(rng.uniform(0.3, 1.0))  # mid-batch, holding partitions
+        proc = consumers.procs[name]
+        where = at()
+        before = committed(s.kafka_bootstrap, s.group_id, s.topic_events)
+        os.kill(proc.pid, signal.SIGSTOP)
+        frozen_for = 2 * SESSION_TIMEOUT_S
+        time.sleep(frozen_for)  # past its session timeout: the other member takes over
+        during = committed(s.kafka_bootstrap, s.group_id, s.topic_events)
+        os.kill(proc.pid, signal.SIGCONT)
+        moved = {p: during.get(p, 0) - before.get(p, 0) for p in sorted(during)}
+        report(
+            f"FAULT sigstop consumer {name} (pid {proc.pid}) for {frozen_for:.0f} s (session timeout "
+            f"{SESSION_TIMEOUT_S:.0f} s) at {where}; committed meanwhile per partition {moved}; SIGCONT"
+        )
+        assert sum(moved.values()) > 0, "the other member took over while this one was frozen"
+
+    parts = chunks(stream, CHUNKS)
+    faults = [
+        lambda: kill_consumer("A"),
+        lambda: kill_consumer("A"),
+        kill_broker,
+        restart_redis,
+        lambda: join("B"),
+        lambda: freeze("B"),
+        kill_redis,
+        lambda: kill_consumer("A"),
+        lambda: leave("B"),
+        lambda: (kill_consumer("A"), kill_consumer("A")),
+    ]
+
+    for i, part in enumerate(parts):
+        produce(part)
+        faults[i]()
+
+    wait_topic_committed(s, timeout=300)
+    t_done = time.monotonic()
+    report(f"DRAINED {n(produced)} records committed {t_done - t_start:.0f} s after the start")
+    alive = consumers.alive()
+    assert all(alive.values()), f"a consumer died on its own: {alive}"
+    fenced = "commit refused after a rebalance" in consumers.log("B")
+    report(
+        f"FENCING consumer B's log {'shows' if fenced else 'does not show'} "
+        "a refused commit of its stale batch"
+    )
+    consumers.stop_all()
+
+    # -- invariants ---------------------------------------------------------------------------
+    assert produced == len(sc.events) + len(sc.bad)
+    assert sum(end_offsets(s.kafka_bootstrap, s.topic_events).values()) == produced, "no producer duplicates"
+    store = Store(s)
+    try:
+        bad = mismatches(store, catalog, sc.aggregates, limit=50)
+        assert bad == [], bad
+        periods = len({(a, p) for a, p, _ in sc.aggregates.counts})
+        report(
+            f"CHECK aggregates: {n(len(sc.aggregates.accounts()))} accounts x {len(catalog.meters)} meters "
+            f"({n(periods)} account-periods: value, event count, lifetime, ISO weeks) equal the oracle; "
+            f"{n(distinct)} distinct events counted once, {n(sc.duplicates)} duplicates not counted"
+        )
+
+        copies = read_all(s.kafka_bootstrap, s.topic_triggers) + read_all(s.kafka_bootstrap, MILESTONES)
+        by_id: dict[str, set[bytes]] = defaultdict(set)
+        count = Counter[str]()
+        for r in copies:
+            doc = orjson.loads(r.value)  # type: ignore[attr-defined]
+            by_id[doc["id"]].add(r.value)  # type: ignore[attr-defined]
+            count[doc["id"]] += 1
+        missing = set(expected) - set(by_id)
+        extra = set(by_id) - set(expected)
+        assert not missing and not extra, (
+            f"{len(missing)} missing e.g. {[expected[i] for i in list(missing)[:5]]}; "
+            f"{len(extra)} unexpected e.g. "
+            f"{[orjson.loads(next(iter(by_id[i])))['data'] for i in list(extra)[:3]]}"
+        )
+        varied = [i for i, payloads in by_id.items() if len(payloads) > 1]
+        assert not varied, f"copies of one id differ: {varied[:5]}"
+        again = sum(c - 1 for c in count.values())
+        report(
+            f"CHECK triggers: {n(len(by_id))} ids published = the oracle's {n(len(expected))} "
+            f"({', '.join(f'{k} {n(v)}' for k, v in sorted(want_kinds.items()))}); {n(len(copies))} copies, "
+            f"{n(again)} re-published after faults with the same id and bytes"
+        )
+
+        marks: set[str] = set()
+        outbox = 0
+        for acct in sc.touched:
+            marks |= {orjson.loads(m)["id"] for m in store.fired(acct).values()}
+            outbox += len(store.outbox(acct))
+        assert marks == set(expected)
+        assert outbox == 0
+        report(
+            f"CHECK fired marks: {n(len(marks))} in Redis = the oracle's; "
+            f"outbox empty for {n(len(sc.touched))} accounts"
+        )
+    finally:
+        store.close()
+
+    dead = read_all(s.kafka_bootstrap, s.topic_deadletter)
+    got: dict[tuple[int, int], str] = {}
+    for r in dead:
+        h = dict(r.headers)  # type: ignore[attr-defined]
+        assert h["error.topic"].decode() == s.topic_events
+        assert h["error.reason"].decode() in DEAD_LETTER_REASONS and h["error.detail"]
+        got[(int(h["error.partition"]), int(h["error.offset"]))] = h["error.reason"].decode()
+    assert got == injected
+    report(
+        f"CHECK dead letters: {n(len(got))} distinct (topic, partition, offset) = "
+        f"{n(len(injected))} injected, "
+        f"each with its reason ({', '.join(f'{k} {v}' for k, v in sorted(Counter(got.values()).items()))}); "
+        f"{n(len(dead))} copies"
+    )
+    assert consumers.kills >= 5
+    report(
+        f"TIME fault scenario {time.monotonic() - t_start:.0f} s (checks {time.monotonic() - t_done:.0f} s)"
+    )
+
+
+def test_duplicate_outside_the_dedup_window_is_counted_again(fault_infra: Infra, tmp_path: Path) -> None:
+    """With METERING_DEDUP_WINDOW=2s an id is remembered for 2 to 4 s (the current and the
+    previous 2 s bucket): a duplicate inside is skipped, one 5 s later is counted again."""
+    s = fault_settings(fault_infra, "w" + os.urandom(4).hex(), dedup_window=timedelta(seconds=2))
+    ensure_topics(s)
+    catalog = load_catalog(RULES)
+    acct = "acct-window"
+    now = int(time.time() * 1000)
+
+    def ev(i: int) -> tuple[bytes, bytes]:
+        doc = {
+            "specversion": "1.0",
+            "id": f"w-{i}",
+            "source": "window",
+            "type": "llm.completion",
+            "subject": acct,
+            "time": format_rfc3339(now - 1000),
+            "data": {"tokens": 100},
+        }
+        return acct.encode(), orjson.dumps(doc)
+
+    proc = start_run(s, tmp_path / "window.log", METERING_DEDUP_WINDOW="2s")
+    try:
+        send(s.kafka_bootstrap, s.topic_events, [ev(1), ev(2), ev(1)])  # a duplicate inside the window
+        wait_topic_committed(s, timeout=60)
+        time.sleep(5)  # more than two windows: w-1 is forgotten
+        send(s.kafka_bootstrap, s.topic_events, [ev(1)])
+        wait_topic_committed(s, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    store = Store(s)
+    try:
+        view = store.read_account(acct, format_rfc3339(now)[:7], [], [])
+        period = dict(zip(view.periods[0][1][::2], view.periods[0][1][1::2], strict=True))
+    finally:
+        store.close()
+    assert period[b"tokens:n"] == b"3", period  # w-1, w-2, then w-1 again after the window
+    assert period[b"tokens:v"] == str(300 * 10**6).encode()
+    report(
+        "CHECK dedup window 2 s: a duplicate inside it not counted; the same (source, id) re-sent 5 s later "
+        "counted again (3 of 4 records; ids are remembered for one to two windows)"
+    )
+    assert catalog.meters["tokens"].aggregation == "sum"
