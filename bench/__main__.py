@@ -33,6 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--naive-events", type=int, default=50_000, help="the naive consumer's sample")
     p.add_argument("--latency-seconds", type=float, default=25.0, help="paced-producer duration")
+    p.add_argument(
+        "--latency-fraction",
+        type=float,
+        default=0.5,
+        help="paced rate as a fraction of the engine's (SPEC: 0.5)",
+    )
     p.add_argument("--engine-max-poll-records", type=int, default=None, help="METERING_MAX_POLL_RECORDS")
     p.add_argument("--profile", action="store_true", help="run the engine phase under pyinstrument")
     p.add_argument("--keep", action="store_true", help="leave topics and Redis keys for inspection")
@@ -101,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         lat_topics = run.topic_set("lat")
         create_topics(run, lat_topics)
         lat_rules = rules_for(lat_topics, out_dir)
-        lat = run_latency(run, lat_topics, lat_rules, work.records, eng["eps"] / 2, args, out_dir)
+        lat = run_latency(
+            run, lat_topics, lat_rules, work.records, eng["eps"] * args.latency_fraction, args, out_dir
+        )
         say(f"latency: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms")
 
         result: dict[str, Any] = {

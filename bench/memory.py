@@ -26,7 +26,7 @@ def measure(prefix: str) -> dict[str, Any]:
             chunk = keys[i : i + 1000]
             pipe = r.pipeline(transaction=False)
             for k in chunk:
-                pipe.execute_command("MEMORY", "USAGE", k, "SAMPLES", "0")
+                pipe.memory_usage(k, samples=0)
             usage = pipe.execute()
             dedup_keys = [k for k in chunk if DEDUP.search(k)]
             pipe = r.pipeline(transaction=False)

@@ -42,7 +42,7 @@ class Workload:
 
 def partition_of(key: bytes, partitions: int) -> int:
     """kafka-python's default partitioner (murmur2 of the key), computed once per account."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def generate(
