@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -101,6 +103,22 @@ def send(bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes
         producer.close(10)
 
 
+def metric(log: str, kind: str) -> float:
+    """`metering_events_deduplicated_total{kind=...}` of a running `metering run`, scraped
+    from the HTTP port its log announces (0 when it cannot be read)."""
+    ports = re.findall(r"http 127\.0\.0\.1:(\d+)", log)
+    if not ports:
+        return 0.0
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[-1]}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0.0
+    pattern = r"^metering_events_deduplicated_total\{kind=\"" + kind + r"\"\} (\S+)$"
+    m = re.search(pattern, text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def committed_total(s: Settings, topic: str | None = None) -> int:
     try:
         return sum(committed(s.kafka_bootstrap, s.group_id, topic or s.topic_events).values())
@@ -137,8 +155,8 @@ class Consumers:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.kills = 0
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
-        proc = start_run(self.settings, self.logs / f"{name}.log", **self.env)
+    def start(self, name: str, **env: str) -> subprocess.Popen[bytes]:
+        proc = start_run(self.settings, self.logs / f"{name}.log", **(self.env | env))
         self.procs[name] = proc
         return proc
 
@@ -183,7 +201,10 @@ def consumers(fault_infra: Infra, tmp_path: Path) -> Iterator[Consumers]:
         c.stop_all()
 
 
-def chunks(records: Sequence[tuple[bytes | None, bytes]], k: int) -> list[list[tuple[bytes | None, bytes]]]:
+Chunk = list[tuple[bytes | None, bytes]]
+
+
+def chunks(records: Sequence[tuple[bytes | None, bytes]], k: int) -> list[Chunk]:
     size = -(-len(records) // k)
     return [list(records[i : i + size]) for i in range(0, len(records), size)]
 
@@ -242,18 +263,31 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
     def at() -> str:
         return f"{n(committed_total(s))} committed of {n(produced)} produced"
 
-    def pause() -> None:
-        time.sleep(rng.uniform(0.3, 3.0))  # a random moment while the backlog is processed
+    def busy(timeout: float = 60) -> None:
+        """Until the group commits progress: a consumer just (re)started spends its first
+        seconds joining (the killed member holds its partitions until its session times
+        out), and a kill then would hit no batch at all."""
+        start = committed_total(s)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and committed_total(s) <= start:
+            time.sleep(0.2)
 
-    def kill_consumer(name: str) -> None:
-        pause()
-        where = at()
-        pid = consumers.sigkill(name)
-        report(f"FAULT sigkill consumer #{consumers.kills} ({name}, pid {pid}) at {where}")
-        consumers.start(name)
+    def moment() -> None:
+        busy()
+        time.sleep(rng.uniform(0.0, 1.5))  # a random moment while the backlog is processed
 
-    def kill_broker() -> None:
-        pause()
+    def kill_consumer(part: Chunk, name: str = "A", times: int = 1) -> None:
+        produce(part)
+        for _ in range(times):
+            moment()
+            where = at()
+            pid = consumers.sigkill(name)
+            report(f"FAULT sigkill consumer #{consumers.kills} ({name}, pid {pid}) at {where}")
+            consumers.start(name)
+
+    def kill_broker(part: Chunk) -> None:
+        produce(part)
+        moment()
         where = at()
         t0 = time.monotonic()
         pid = fault_infra.kill_kafka()
@@ -264,8 +298,9 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
             f"kafka.sh start ready in {time.monotonic() - t0:.1f} s"
         )
 
-    def restart_redis() -> None:
-        pause()
+    def restart_redis(part: Chunk) -> None:
+        produce(part)
+        moment()
         where = at()
         t0 = time.monotonic()
         fault_infra.script("redis.sh", "stop")
@@ -273,8 +308,9 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
         fault_infra.script("redis.sh", "start")
         report(f"FAULT redis stop + start (AOF) at {where}; back in {time.monotonic() - t0:.1f} s")
 
-    def kill_redis() -> None:
-        pause()
+    def kill_redis(part: Chunk) -> None:
+        produce(part)
+        moment()
         where = at()
         t0 = time.monotonic()
         pid = fault_infra.kill_redis()
@@ -285,62 +321,76 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
             f"restarted from its AOF in {time.monotonic() - t0:.1f} s"
         )
 
-    def join(name: str) -> None:
-        pause()
-        consumers.start(name)
+    def join(part: Chunk, name: str = "B") -> None:
+        # B polls big batches, so that a random moment of B's is almost surely mid-batch
+        consumers.start(name, METERING_MAX_POLL_RECORDS="8000")
+        produce(part)
+        moment()
         report(f"FAULT rebalance: consumer {name} joins the group at {at()}")
 
-    def leave(name: str) -> None:
-        pause()
+    def leave(part: Chunk, name: str = "B") -> None:
+        produce(part)
+        moment()
         where = at()
         code = consumers.sigterm(name)
         report(f"FAULT rebalance: consumer {name} leaves the group (SIGTERM, exit {code}) at {where}")
 
-    def freeze(name: str) -> None:
-        time.sleep(rng.uniform(0.3, 1.0))  # mid-batch, holding partitions
-        proc = consumers.procs[name]
-        where = at()
-        before = committed(s.kafka_bootstrap, s.group_id, s.topic_events)
-        os.kill(proc.pid, signal.SIGSTOP)
-        frozen_for = 2 * SESSION_TIMEOUT_S
-        time.sleep(frozen_for)  # past its session timeout: the other member takes over
-        during = committed(s.kafka_bootstrap, s.group_id, s.topic_events)
-        os.kill(proc.pid, signal.SIGCONT)
-        moved = {p: during.get(p, 0) - before.get(p, 0) for p in sorted(during)}
-        report(
-            f"FAULT sigstop consumer {name} (pid {proc.pid}) for {frozen_for:.0f} s (session timeout "
-            f"{SESSION_TIMEOUT_S:.0f} s) at {where}; committed meanwhile per partition {moved}; SIGCONT"
-        )
-        assert sum(moved.values()) > 0, "the other member took over while this one was frozen"
+    def freeze(part: Chunk, name: str = "B") -> None:
+        """SIGSTOP past the session timeout, mid-batch; up to 3 tries (each with a third of
+        the chunk) until B's resumed batch is refused its commit: the zombie case."""
+        thirds = chunks(part, 3)
+        for attempt, sub in enumerate(thirds, 1):
+            produce(sub)
+            moment()
+            proc = consumers.procs[name]
+            skipped_before = metric(consumers.log(name), "redelivered")
+            where = at()
+            before = committed(s.kafka_bootstrap, s.group_id, s.topic_events)
+            os.kill(proc.pid, signal.SIGSTOP)
+            frozen_for = 2 * SESSION_TIMEOUT_S
+            time.sleep(frozen_for)  # past its session timeout: the other member takes over
+            during = committed(s.kafka_bootstrap, s.group_id, s.topic_events)
+            os.kill(proc.pid, signal.SIGCONT)
+            moved = {p: during.get(p, 0) - before.get(p, 0) for p in sorted(during)}
+            time.sleep(3)  # B finishes its stale batch, is refused the commit, rejoins
+            refused = consumers.log(name).count("commit refused after a rebalance")
+            skipped = metric(consumers.log(name), "redelivered") - skipped_before
+            report(
+                f"FAULT sigstop consumer {name} (pid {proc.pid}) for {frozen_for:.0f} s (session timeout "
+                f"{SESSION_TIMEOUT_S:.0f} s) at {where}, try {attempt}; meanwhile the other member committed "
+                f"{n(sum(moved.values()))} records; SIGCONT: its stale batch skipped {n(skipped)} events "
+                f"already applied (watermark), commit refused {refused} time(s)"
+            )
+            assert sum(moved.values()) > 0, "the other member took over while this one was frozen"
+            if refused:
+                fenced.append(skipped)
+                remaining = [r for t in thirds[attempt:] for r in t]
+                produce(remaining)
+                return
 
+    fenced: list[float] = []
     parts = chunks(stream, CHUNKS)
     faults = [
-        lambda: kill_consumer("A"),
-        lambda: kill_consumer("A"),
+        kill_consumer,
+        kill_consumer,
         kill_broker,
         restart_redis,
-        lambda: join("B"),
-        lambda: freeze("B"),
+        join,
+        freeze,
         kill_redis,
-        lambda: kill_consumer("A"),
-        lambda: leave("B"),
-        lambda: (kill_consumer("A"), kill_consumer("A")),
+        kill_consumer,
+        leave,
+        lambda part: kill_consumer(part, times=2),
     ]
-
-    for i, part in enumerate(parts):
-        produce(part)
-        faults[i]()
+    for part, fault in zip(parts, faults, strict=True):
+        fault(part)
 
     wait_topic_committed(s, timeout=300)
     t_done = time.monotonic()
     report(f"DRAINED {n(produced)} records committed {t_done - t_start:.0f} s after the start")
     alive = consumers.alive()
     assert all(alive.values()), f"a consumer died on its own: {alive}"
-    fenced = "commit refused after a rebalance" in consumers.log("B")
-    report(
-        f"FENCING consumer B's log {'shows' if fenced else 'does not show'} "
-        "a refused commit of its stale batch"
-    )
+    assert fenced, "a frozen consumer resumed mid-batch and was refused its stale commit"
     consumers.stop_all()
 
     # -- invariants ---------------------------------------------------------------------------
