@@ -23,8 +23,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from kafka.errors import KafkaError
 
+from metering.settings import Settings
 from tests.conftest import LOCAL
+from tests.pipeline_util import committed, end_offsets
 
 log = logging.getLogger("tests.fault")
 
@@ -154,3 +157,22 @@ def fault_infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
                 infra.script(name, "stop", timeout=90)
             except Exception as exc:  # teardown must try both
                 log.warning("stopping %s: %s", name, exc)
+
+
+def wait_topic_committed(s: Settings, topic: str | None = None, timeout: float = 120) -> None:
+    """Until the group committed the end of every partition of `topic` (default: events).
+    Tolerates a coordinator not available yet (a fresh broker creates __consumer_offsets on
+    the first group) or a broker restarting."""
+    topic = topic or s.topic_events
+    ends = end_offsets(s.kafka_bootstrap, topic)
+    deadline = time.monotonic() + timeout
+    got: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        try:
+            got = committed(s.kafka_bootstrap, s.group_id, topic)
+        except KafkaError:
+            got = {}
+        if all(got.get(p, 0) >= e for p, e in ends.items()):  # an empty partition needs none
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{topic}: committed {got} < end {ends}")

@@ -38,7 +38,6 @@ from pathlib import Path
 import orjson
 import pytest
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
 
 from consumers.topics import ensure_topics
 from metering.errors import DEAD_LETTER_REASONS
@@ -46,7 +45,7 @@ from metering.periods import format_rfc3339
 from metering.settings import Settings
 from metering.store import Store
 from rules.loader import load_catalog
-from tests.fault.conftest import Infra, report
+from tests.fault.conftest import Infra, report, wait_topic_committed
 from tests.fault.oracle import Scenario, build, expected_triggers, kinds
 from tests.kafka_util import read_all
 from tests.pipeline_util import committed, end_offsets, start_run
@@ -124,25 +123,6 @@ def committed_total(s: Settings, topic: str | None = None) -> int:
         return sum(committed(s.kafka_bootstrap, s.group_id, topic or s.topic_events).values())
     except Exception:  # the broker may be down at that moment
         return -1
-
-
-def wait_topic_committed(s: Settings, topic: str | None = None, timeout: float = 120) -> None:
-    """Until the group committed the end of every partition of `topic` (default: events).
-    Tolerates a coordinator not available yet (a fresh broker creates __consumer_offsets on
-    the first group) or a broker restarting."""
-    topic = topic or s.topic_events
-    ends = end_offsets(s.kafka_bootstrap, topic)
-    deadline = time.monotonic() + timeout
-    got: dict[int, int] = {}
-    while time.monotonic() < deadline:
-        try:
-            got = committed(s.kafka_bootstrap, s.group_id, topic)
-        except KafkaError:
-            got = {}
-        if all(got.get(p, 0) >= e for p, e in ends.items()):  # an empty partition needs none
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{topic}: committed {got} < end {ends}")
 
 
 class Consumers:
@@ -341,27 +321,36 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
         thirds = chunks(part, 3)
         for attempt, sub in enumerate(thirds, 1):
             produce(sub)
-            moment()
+            busy()
+            time.sleep(rng.uniform(0.0, 0.3))  # B polls 8,000 records a batch: mid-batch
             proc = consumers.procs[name]
             skipped_before = metric(consumers.log(name), "redelivered")
+            other_before = metric(consumers.log("A"), "redelivered")
             where = at()
             before = committed(s.kafka_bootstrap, s.group_id, s.topic_events)
             os.kill(proc.pid, signal.SIGSTOP)
+            t_frozen = time.monotonic()
             frozen_for = 2 * SESSION_TIMEOUT_S
             time.sleep(frozen_for)  # past its session timeout: the other member takes over
+            deadline = time.monotonic() + 30
+            while committed_total(s) < produced and time.monotonic() < deadline:
+                time.sleep(0.3)  # ... and commits the whole backlog, B's partitions included
+            frozen_for = time.monotonic() - t_frozen
             during = committed(s.kafka_bootstrap, s.group_id, s.topic_events)
             os.kill(proc.pid, signal.SIGCONT)
             moved = {p: during.get(p, 0) - before.get(p, 0) for p in sorted(during)}
             time.sleep(3)  # B finishes its stale batch, is refused the commit, rejoins
             refused = consumers.log(name).count("commit refused after a rebalance")
             skipped = metric(consumers.log(name), "redelivered") - skipped_before
+            other = metric(consumers.log("A"), "redelivered") - other_before
             report(
                 f"FAULT sigstop consumer {name} (pid {proc.pid}) for {frozen_for:.0f} s (session timeout "
-                f"{SESSION_TIMEOUT_S:.0f} s) at {where}, try {attempt}; meanwhile the other member committed "
-                f"{n(sum(moved.values()))} records; SIGCONT: its stale batch skipped {n(skipped)} events "
-                f"already applied (watermark), commit refused {refused} time(s)"
+                f"{SESSION_TIMEOUT_S:.0f} s) at {where}, try {attempt}; meanwhile the other member took its "
+                f"partitions and committed the whole backlog, {n(sum(moved.values()))} records, "
+                f"skipping {n(other)} already applied (watermark); SIGCONT: its stale batch skipped "
+                f"{n(skipped)} events already applied, commit refused {refused} time(s)"
             )
-            assert sum(moved.values()) > 0, "the other member took over while this one was frozen"
+            assert sum(during.values()) >= produced, "the other member took over the frozen one's partitions"
             if refused:
                 fenced.append(skipped)
                 remaining = [r for t in thirds[attempt:] for r in t]

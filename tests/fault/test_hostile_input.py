@@ -38,10 +38,12 @@ from metering.settings import Settings
 from metering.store import Store
 from metering.triggers import TriggerEngine
 from rules.loader import load_catalog
-from tests.fault.conftest import report
+from tests.fault.conftest import report, wait_topic_committed
 from tests.kafka_util import read_all
-from tests.pipeline_util import start_run, wait_committed
+from tests.pipeline_util import start_run
 from tests.workload import Oracle, mismatches
+
+pytestmark = pytest.mark.fault  # the whole suite runs with -m fault; the live parts are also slow
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT / "rules" / "example.yaml")
@@ -549,7 +551,7 @@ def test_service_accepting_any_age_survives_a_time_before_year_1(settings: Setti
             producer.send(settings.topic_events, key=k, value=v)
         producer.flush(30)
         producer.close()
-        wait_committed(settings, timeout=30)
+        wait_topic_committed(settings, timeout=30)
         assert proc.poll() is None, "the consumer never crashes"
     finally:
         if proc.poll() is None:
@@ -562,7 +564,6 @@ def test_service_accepting_any_age_survives_a_time_before_year_1(settings: Setti
 # -- integration: the corpus through a real `metering run` --------------------------------------
 
 
-@pytest.mark.fault
 @pytest.mark.slow
 def test_hostile_stream_through_the_service(settings: Settings, tmp_path: Path) -> None:
     now = int(time.time() * 1000)
@@ -607,7 +608,7 @@ def test_hostile_stream_through_the_service(settings: Settings, tmp_path: Path) 
             producer.send(settings.topic_events, key=k, value=value, headers=headers)
         producer.flush(60)
         producer.close()
-        wait_committed(settings, timeout=120)
+        wait_topic_committed(settings, timeout=120)
         assert proc.poll() is None, "the consumer never crashes"
     finally:
         proc.send_signal(signal.SIGTERM)
