@@ -230,16 +230,20 @@ class Service:
             "applying usage", lambda: self.store.apply([a.call for a in plan.accounts], now_ms, cutoff)
         )
         processed = dup = redelivered = 0
-        lag = self.metrics.event_lag
+        lags: list[int] = []
         for acct, res in zip(plan.accounts, results, strict=True):
             for ev, flag in zip(acct.events, res.flags, strict=True):
                 if flag == "1":
                     processed += 1
-                    lag.observe(max(0.0, (now_ms - ev.time_ms) / 1000))
+                    lags.append(ev.time_ms)
                 elif flag == "d":
                     dup += 1
                 else:
                     redelivered += 1
+        # The lag histogram sees an even sample of at most 64 counted events per batch: a
+        # distribution needs no more, and an observation costs microseconds.
+        for t in lags[:: max(1, len(lags) // 64)]:
+            self.metrics.event_lag.observe(max(0.0, (now_ms - t) / 1000))
         self.metrics.events_processed.inc(processed)
         self.metrics.events_deduplicated.labels("duplicate").inc(dup)
         self.metrics.events_deduplicated.labels("redelivered").inc(redelivered)

@@ -14,7 +14,7 @@ from typing import Any
 from metering.errors import BadEvent
 from metering.events import Event, decode_event
 from metering.meters import MeterIndex, from_micro
-from metering.periods import iso_week, period_of, period_start_ms
+from metering.periods import DAY_MS, iso_week, period_of, period_start_ms
 from metering.store import ApplyCall, EventArg
 from metering.triggers import Item, TriggerEngine
 
@@ -65,11 +65,38 @@ def id_digest(source: str, event_id: str) -> str:
     return base64.b64encode(h.digest()).decode()
 
 
-def check_time(event: Event, now_ms: int, limits: Limits) -> None:
-    if event.time_ms > now_ms + limits.future_ms:
-        raise BadEvent("future", f"event time is {(event.time_ms - now_ms) // 1000} s ahead of now")
-    if limits.late_grace_ms and event.time_ms < period_start_ms(now_ms) - limits.late_grace_ms:
-        raise BadEvent("late", "event time is before the current period's start minus the grace period")
+@dataclass(frozen=True)
+class TimeWindow:
+    """The event times a batch accepts, fixed once per batch from `now`."""
+
+    earliest_ms: int | None  # None: any age (late grace 0)
+    latest_ms: int
+    now_ms: int
+
+    @classmethod
+    def at(cls, now_ms: int, limits: Limits) -> TimeWindow:
+        earliest = period_start_ms(now_ms) - limits.late_grace_ms if limits.late_grace_ms else None
+        return cls(earliest, now_ms + limits.future_ms, now_ms)
+
+    def check(self, event: Event) -> None:
+        if event.time_ms > self.latest_ms:
+            raise BadEvent("future", f"event time is {(event.time_ms - self.now_ms) // 1000} s ahead of now")
+        if self.earliest_ms is not None and event.time_ms < self.earliest_ms:
+            raise BadEvent("late", "event time is before the current period's start minus the grace period")
+
+
+class _Calendar:
+    """(period, ISO week) of an event time, memoised by UTC day: both are functions of the day."""
+
+    def __init__(self) -> None:
+        self._days: dict[int, tuple[str, str]] = {}
+
+    def __call__(self, ms: int) -> tuple[str, str]:
+        day = ms // DAY_MS
+        hit = self._days.get(day)
+        if hit is None:
+            hit = self._days[day] = (period_of(ms), iso_week(ms))
+        return hit
 
 
 def plan_batch(
@@ -78,10 +105,12 @@ def plan_batch(
     groups: dict[tuple[str, str], AccountBatch] = {}
     pending: dict[tuple[str, str], tuple[list[Event], list[EventArg]]] = {}
     dead: list[DeadLetter] = []
+    window = TimeWindow.at(now_ms, limits)
+    calendar = _Calendar()
     for rec in records:
         try:
             event = decode_event(rec.value, rec.headers, limits.max_event_bytes)
-            check_time(event, now_ms, limits)
+            window.check(event)
             updates = index.updates(event)
         except BadEvent as exc:
             dead.append(DeadLetter(rec, exc.reason, exc.detail))
@@ -89,16 +118,8 @@ def plan_batch(
         key = (event.account, f"{rec.topic}/{rec.partition}")
         evs, args = pending.setdefault(key, ([], []))
         evs.append(event)
-        args.append(
-            (
-                rec.offset,
-                id_digest(event.source, event.id),
-                period_of(event.time_ms),
-                iso_week(event.time_ms),
-                event.time_ms,
-                updates,
-            )
-        )
+        period, week = calendar(event.time_ms)
+        args.append((rec.offset, id_digest(event.source, event.id), period, week, event.time_ms, updates))
     current = period_of(now_ms)
     uniq = [n for n, m in index.meters.items() if m.aggregation == "unique_count"]
     weeks = engine.week_meters()

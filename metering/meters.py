@@ -21,6 +21,7 @@ SCALE_DIGITS = 6
 SCALE: int = 1_000_000  # 10 ** SCALE_DIGITS
 MAX_QUANTITY = Decimal(10) ** 12  # per event; keeps a period's int64 micro-unit sum far from overflow
 MAX_MEMBER_BYTES = 512
+_MAX_INT = 10**12
 
 OP = {"count": "c", "sum": "s", "max": "x", "unique_count": "u", "latest": "l"}
 Update = tuple[str, str, str]
@@ -46,6 +47,8 @@ def lookup(event: Event, path: str) -> Any:
 
 def quantity(raw: Any, meter: str) -> Decimal:
     """A JSON number or numeric string as an exact, bounded, non-negative Decimal."""
+    if type(raw) is int and 0 <= raw <= _MAX_INT:  # the common case, without the checks below
+        return Decimal(raw)
     if isinstance(raw, bool) or not isinstance(raw, int | float | str):
         raise BadEvent("bad_value", f"meter {meter}: value must be a number, got {type(raw).__name__}")
     try:
@@ -110,6 +113,8 @@ class MeterIndex:
                 out.append((name, op, member))
             elif op == "l":
                 out.append((name, op, str(quantity(raw, name))))
+            elif type(raw) is int and 0 <= raw <= _MAX_INT:
+                out.append((name, op, str(raw * SCALE)))  # integers: no Decimal round trip
             else:
                 out.append((name, op, to_micro(quantity(raw, name))))
         return out

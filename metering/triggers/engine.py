@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from metering.events import Event
 from metering.state import AccountState
 from metering.triggers.candidate import Candidate
-from metering.triggers.kinds import Ctx, Item, evaluate_rule, feature_fields
+from metering.triggers.kinds import Ctx, Item, Offers, evaluate_rule, feature_fields
 from rules.models import Catalog, FeatureRequest, PowerUser
 
 _MEMO_MAX = 200_000
@@ -20,6 +20,7 @@ class TriggerEngine:
         self.catalog = catalog
         self.default_topic = default_topic
         self._fired: set[tuple[str, str]] = set()  # (account, once-only field) already marked
+        self._offers = Offers(catalog)
 
     def week_meters(self) -> list[str]:
         return sorted({r.meter for r in self.catalog.triggers if isinstance(r, PowerUser)})
@@ -41,12 +42,16 @@ class TriggerEngine:
         if not items:
             return []
         out: dict[str, Candidate] = {}
+        account, fired = state.account, self._fired
+
+        def known(field: str) -> bool:
+            return (account, field) in fired
+
         for rule in self.catalog.triggers:
-            ctx = Ctx(self.catalog, state, items, rule.topic or self.default_topic)
+            ctx = Ctx(self.catalog, state, items, rule.topic or self.default_topic, self._offers, known)
             for c in evaluate_rule(ctx, rule):
-                if c.field in out or (not c.expected and (state.account, c.field) in self._fired):
-                    continue
-                out[c.field] = c
+                if c.field not in out:
+                    out[c.field] = c
         return list(out.values())
 
     def recorded(self, account: str, candidates: Sequence[Candidate]) -> None:

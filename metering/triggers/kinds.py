@@ -8,7 +8,7 @@ lost before it was recorded; the fired marks make a second recording impossible.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -46,12 +46,44 @@ class Item:
     amounts: Mapping[str, Decimal] = field(default_factory=dict)
 
 
+class Offers:
+    """Offers for a limit or an upgrade depend on the catalog and the plan only: computed once
+    per (plan, meter), not once per account and batch."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._limit: dict[tuple[str, str], dict[str, object] | None] = {}
+        self._upgrade: dict[str, dict[str, object] | None] = {}
+
+    def limit(self, plan: str, meter: str) -> dict[str, object] | None:
+        key = (plan, meter)
+        if key not in self._limit:
+            self._limit[key] = _offer(offer_for_limit(self.catalog, plan, meter))
+        return self._limit[key]
+
+    def upgrade(self, plan: str) -> dict[str, object] | None:
+        if plan not in self._upgrade:
+            self._upgrade[plan] = _offer(offer_upgrade(self.catalog, plan))
+        return self._upgrade[plan]
+
+
+def _never(_field: str) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Ctx:
     catalog: Catalog
     state: AccountState
     items: Sequence[Item]
     topic: str  # the rule's topic or the default
+    offers: Offers
+    # True for a once-only scope known to have fired already: skipped before any work.
+    known: Callable[[str], bool] = _never
+
+    def touched(self, period: str) -> set[str]:
+        """Meters that this batch's events matched in `period`."""
+        return {m for i in self.items if i.period == period for m in i.meters}
 
     @property
     def account(self) -> str:
@@ -113,20 +145,22 @@ def _offer(offer: Offer | None) -> dict[str, object] | None:
 
 
 def usage_threshold(ctx: Ctx, rule: UsageThreshold) -> Iterator[Candidate]:
+    # Only meters this batch moved can newly cross a level (a plan change is seen at the
+    # meter's next event).
     limits = ctx.catalog.plans[ctx.plan].limits
-    touched = {i.period for i in ctx.items}
     for period, usage in ctx.state.periods.items():
-        if period not in touched:
-            continue
+        touched = ctx.touched(period)
         for meter in rule.meters:
             limit = limits.get(meter)
-            value = usage.values.get(meter, Decimal(0))
-            if not limit:
+            if not limit or meter not in touched:
                 continue
+            value = usage.values.get(meter, Decimal(0))
             for level in rule.at:
                 if value * 100 < limit * level:
                     break  # levels ascend (the loader checks): no higher one holds either
                 field = f"ut:{rule.id}:{meter}:{period}:{ctx.plan}:{level}"
+                if ctx.known(field):
+                    continue
                 at_ms, at_value = crossing(ctx, meter, period, value, limit * level / 100)
                 yield ctx.candidate(
                     "usage_threshold",
@@ -139,7 +173,7 @@ def usage_threshold(ctx: Ctx, rule: UsageThreshold) -> Iterator[Candidate]:
                         "value": number(at_value),
                         "limit": number(limit),
                         "percent": level,
-                        "offer": _offer(offer_for_limit(ctx.catalog, ctx.plan, meter)),
+                        "offer": ctx.offers.limit(ctx.plan, meter),
                     },
                 )
 
@@ -167,7 +201,7 @@ def power_user(ctx: Ctx, rule: PowerUser) -> Iterator[Candidate]:
                 "meter": rule.meter,
                 "weeks": sorted(window),
                 "min_per_week": rule.min_per_week,
-                "offer": _offer(offer_upgrade(ctx.catalog, ctx.plan)),
+                "offer": ctx.offers.upgrade(ctx.plan),
             },
             expected,
             seq,
@@ -214,7 +248,11 @@ def feature_request(ctx: Ctx, rule: FeatureRequest) -> Iterator[Candidate]:
 
 def milestone(ctx: Ctx, rule: Milestone) -> Iterator[Candidate]:
     total = ctx.state.lifetime.get(rule.meter, Decimal(0))
-    if total >= rule.value and any(rule.meter in i.meters for i in ctx.items):
+    if (
+        total >= rule.value
+        and not ctx.known(f"ms:{rule.id}")
+        and any(rule.meter in i.meters for i in ctx.items)
+    ):
         yield ctx.candidate(
             "milestone",
             rule.id,
@@ -224,7 +262,7 @@ def milestone(ctx: Ctx, rule: Milestone) -> Iterator[Candidate]:
                 "meter": rule.meter,
                 "value": number(total),
                 "milestone": number(rule.value),
-                "offer": _offer(offer_upgrade(ctx.catalog, ctx.plan)),
+                "offer": ctx.offers.upgrade(ctx.plan),
             },
         )
 
@@ -234,10 +272,11 @@ def spend_threshold(ctx: Ctx, rule: SpendThreshold) -> Iterator[Candidate]:
     cap = sub.spend_cap
     if cap is None:
         return
-    touched = {i.period for i in ctx.items}
     mu = ctx.catalog.minor_unit
+    charged = ctx.catalog.plans[ctx.plan].charges
     for period, usage in ctx.state.periods.items():
-        if period not in touched:
+        # Spend moves only with a charged meter (fixed lines do not change inside a period).
+        if not charged.keys() & ctx.touched(period):
             continue
         bill = price_bill(
             ctx.catalog, ctx.plan, annual=sub.annual, seats=sub.seats, addons=sub.addons, usage=usage.usage()
@@ -245,6 +284,8 @@ def spend_threshold(ctx: Ctx, rule: SpendThreshold) -> Iterator[Candidate]:
         for level in rule.at:
             if bill.total * 100 < cap * level:
                 break
+            if ctx.known(f"sp:{rule.id}:{period}:{level}"):
+                continue
             yield ctx.candidate(
                 "spend_threshold",
                 rule.id,
@@ -255,7 +296,7 @@ def spend_threshold(ctx: Ctx, rule: SpendThreshold) -> Iterator[Candidate]:
                     "spend": format_money(bill.total, mu),
                     "spend_cap": format_money(cap, mu),
                     "percent": level,
-                    "offer": _offer(offer_upgrade(ctx.catalog, ctx.plan)),
+                    "offer": ctx.offers.upgrade(ctx.plan),
                 },
             )
 
