@@ -497,9 +497,9 @@ def test_corpus_outcomes_are_exact() -> None:
 
 EXTREME_TIME_BUG = (
     "product bug: with METERING_LATE_GRACE=0 a time whose UTC instant is before year 1 passes "
-    "metering/events.py:_validate, then periods.utc() raises ValueError (metering/batch.py:96 "
-    "period_of; metering/triggers/kinds.py power_user weeks_back for a run in year 1): the batch "
-    "fails and the consumer stops on the same record after every restart (a poison pill)"
+    "metering/events.py:_validate, then periods.utc() raises ValueError (metering/batch.py:98 "
+    "period_of/iso_week; metering/triggers/kinds.py:186 power_user weeks_back for a run in year 1): "
+    "the batch fails and the consumer stops on the same record after every restart (a poison pill)"
 )
 YEAR_0_UTC = "0001-01-01T00:00:00+01:00"  # 31 December of year 0 in UTC
 
