@@ -105,6 +105,10 @@ def _validate(doc: dict[str, Any], data: Any) -> Event:
         time_ms = parse_rfc3339(raw_time)
     except (ValueError, OverflowError, OSError):
         raise BadEvent("bad_value", f"time {raw_time[:64]!r} is not RFC 3339 with an offset") from None
+    if time_ms < 0:
+        # Before the Unix epoch nothing is metered, and a time near year 1 would take the
+        # calendar code (periods, 12 weeks back) out of datetime's range.
+        raise BadEvent("bad_value", f"time {raw_time[:64]!r} is before 1970-01-01T00:00:00Z")
     if data is not None and not isinstance(data, dict):
         raise BadEvent("bad_value", f"data must be a JSON object, got {type(data).__name__}")
     return Event(account, doc["source"], doc["id"], doc["type"], time_ms, data)

@@ -69,7 +69,7 @@ def wait_committed(settings: Settings, timeout: float = 120.0) -> None:
     got: dict[int, int] = {}
     while time.monotonic() < deadline:
         got = committed(settings.kafka_bootstrap, settings.group_id, settings.topic_events)
-        if all(got.get(p, -1) >= e for p, e in ends.items()):
+        if all(e == 0 or got.get(p, -1) >= e for p, e in ends.items()):  # an empty partition has no commit
             return
         time.sleep(0.5)
     raise AssertionError(f"group {settings.group_id} did not commit the end: {got} < {ends}")
