@@ -151,19 +151,25 @@ class Service:
         signal.signal(signal.SIGINT, handle)
 
     def run(self, max_idle_polls: int | None = None) -> None:
-        """Poll and process until stopped (or after `max_idle_polls` empty polls, for tests)."""
+        """Poll and process until stopped (or, for tests, after `max_idle_polls` empty polls
+        with partitions assigned, or a minute without any)."""
         if self.consumer is None:
             self.connect()
-        idle = 0
+        idle = unassigned = 0
         try:
             while not self.stop.is_set():
                 batch = self.consumer.poll(timeout_ms=200, max_records=self.settings.max_poll_records)
                 self.last_progress = time.monotonic()
                 records = [r for part in batch.values() for r in part]
                 if not records:
-                    idle += 1
+                    # Polls spent joining the group (no partitions yet) are not idleness: on a
+                    # loaded machine a join can take longer than the idle budget.
+                    if self._assigned:
+                        idle += 1
+                    else:
+                        unassigned += 1
                     self._observe_lag()
-                    if max_idle_polls is not None and idle >= max_idle_polls:
+                    if max_idle_polls is not None and (idle >= max_idle_polls or unassigned >= 300):
                         break
                     continue
                 idle = 0
