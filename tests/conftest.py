@@ -41,20 +41,9 @@ def settings(services: dict[str, str], test_id: str, tmp_path: Path) -> Iterator
     """Settings isolated to this test: own topics (4 partitions), group id and key prefix.
     Topics are created here; Redis keys under the prefix are deleted afterwards."""
     from consumers.topics import ensure_topics
+    from tests.pipeline_util import isolated_settings
 
-    s = Settings(
-        kafka_bootstrap=services["kafka"],
-        redis_url=services["redis"],  # type: ignore[arg-type]
-        key_prefix=test_id,
-        group_id=f"{test_id}-group",
-        topic_events=f"{test_id}.usage.events",
-        topic_accounts=f"{test_id}.usage.accounts",
-        topic_triggers=f"{test_id}.usage.triggers",
-        topic_deadletter=f"{test_id}.usage.deadletter",
-        partitions=4,
-        rules=ROOT / "rules" / "example.yaml",
-        http_port=0,
-    )
+    s = isolated_settings(test_id, services["kafka"], services["redis"])
     ensure_topics(s)
     yield s
     r = redis.Redis.from_url(services["redis"])

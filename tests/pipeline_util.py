@@ -13,6 +13,27 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from metering.settings import Settings
 
+RULES = Path(__file__).resolve().parent.parent / "rules" / "example.yaml"
+
+
+def isolated_settings(tag: str, kafka: str, redis_url: str, partitions: int = 4, **over: object) -> Settings:
+    """Settings of one test or scenario: its own topics, group id and key prefix, so tests
+    can share one broker and one Redis and run in any order."""
+    return Settings(
+        kafka_bootstrap=kafka,
+        redis_url=redis_url,  # type: ignore[arg-type]
+        key_prefix=tag,
+        group_id=f"{tag}-group",
+        topic_events=f"{tag}.usage.events",
+        topic_accounts=f"{tag}.usage.accounts",
+        topic_triggers=f"{tag}.usage.triggers",
+        topic_deadletter=f"{tag}.usage.deadletter",
+        partitions=partitions,
+        rules=RULES,
+        http_port=0,
+        **over,  # type: ignore[arg-type]
+    )
+
 
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("METERING_")}

@@ -34,7 +34,7 @@ from kafka import KafkaProducer
 from consumers.topics import ensure_topics
 from metering.periods import format_rfc3339
 from metering.settings import Settings
-from tests.pipeline_util import start_run
+from tests.pipeline_util import isolated_settings, start_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "deploy" / "local" / "prometheus.sh"
@@ -132,17 +132,7 @@ def metrics_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if up.returncode != 0:
         pytest.fail(f"local services did not start: {up.stderr.strip()}", pytrace=False)
     tid = "prom" + uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka_bootstrap="127.0.0.1:9092",
-        key_prefix=tid,
-        group_id=f"{tid}-group",
-        topic_events=f"{tid}.usage.events",
-        topic_accounts=f"{tid}.usage.accounts",
-        topic_triggers=f"{tid}.usage.triggers",
-        topic_deadletter=f"{tid}.usage.deadletter",
-        partitions=PARTITIONS,
-        rules=ROOT / "rules" / "example.yaml",
-    )
+    settings = isolated_settings(tid, "127.0.0.1:9092", "redis://127.0.0.1:6379/0", PARTITIONS)
     ensure_topics(settings, ["usage.milestones"])
     port = _free_port()
     log = tmp_path_factory.mktemp("run") / "run.log"

@@ -48,7 +48,7 @@ from rules.loader import load_catalog
 from tests.fault.conftest import Infra, report, wait_topic_committed
 from tests.fault.oracle import Scenario, build, expected_triggers, kinds
 from tests.kafka_util import read_all
-from tests.pipeline_util import committed, end_offsets, start_run
+from tests.pipeline_util import committed, end_offsets, isolated_settings, start_run
 from tests.workload import mismatches
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,20 +65,8 @@ def n(x: float) -> str:
 
 
 def fault_settings(infra: Infra, tag: str, **over: object) -> Settings:
-    s = Settings(
-        kafka_bootstrap=infra.bootstrap,
-        redis_url=infra.redis_url,  # type: ignore[arg-type]
-        key_prefix=tag,
-        group_id=f"{tag}-group",
-        topic_events=f"{tag}.usage.events",
-        topic_accounts=f"{tag}.usage.accounts",
-        topic_triggers=f"{tag}.usage.triggers",
-        topic_deadletter=f"{tag}.usage.deadletter",
-        partitions=4,
-        rules=RULES,
-        http_port=0,
-        late_grace=timedelta(0),  # the power users' report runs reach back 4 ISO weeks
-    )
+    # late grace 0: the power users' report runs reach back 4 ISO weeks
+    s = isolated_settings(tag, infra.bootstrap, infra.redis_url, late_grace=timedelta(0))
     return s.model_copy(update=over) if over else s
 
 
