@@ -305,16 +305,19 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
 
     def freeze(part: Chunk, name: str = "B") -> None:
         """SIGSTOP past the session timeout, mid-batch; up to 2 tries (two thirds of the chunk,
-        then the rest) until B's resumed batch is refused its commit: the zombie case. The
-        backlog is produced at once and B frozen as soon as the group makes progress: B polls
-        8,000 records a batch, so it is then inside its first one whatever the engine's speed."""
+        then the rest) until B's resumed batch is refused its commit: the zombie case.
+
+        To be mid-batch whatever the engine's speed, B is held (well inside its session) while
+        the backlog is produced, so that its next poll takes a full 8,000-record batch, and is
+        frozen a moment after it resumes, while that batch is in hand."""
         cut = 2 * len(part) // 3
         thirds = [part[:cut], part[cut:]]
         for attempt, sub in enumerate(thirds, 1):
-            produce(sub)
-            busy()
-            time.sleep(rng.uniform(0.0, 0.1))
             proc = consumers.procs[name]
+            os.kill(proc.pid, signal.SIGSTOP)
+            produce(sub)
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(rng.uniform(0.15, 0.4))
             skipped_before = metric(consumers.log(name), "redelivered")
             other_before = metric(consumers.log("A"), "redelivered")
             where = at()
