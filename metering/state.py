@@ -38,7 +38,8 @@ class AccountState:
     marks: Mapping[str, str]  # requested fired-mark fields -> mark ("" = never fired)
 
 
-def _pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
+def pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
+    """A flat HGETALL reply (field, value, field, value, ...) as a dict of strings."""
     it = iter(x.decode() if isinstance(x, bytes) else x for x in flat)
     return dict(zip(it, it, strict=True))
 
@@ -46,7 +47,7 @@ def _pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
 def parse_period(
     catalog: Catalog, period: str, hash_flat: Sequence[bytes | str], uniques: Sequence[bytes | str | int]
 ) -> PeriodUsage:
-    raw = _pairs(hash_flat)
+    raw = pairs(hash_flat)
     values: dict[str, Decimal] = {}
     counts: dict[str, int] = {}
     for name, meter in catalog.meters.items():
@@ -71,7 +72,7 @@ def parse_period(
 def parse_lifetime(catalog: Catalog, hash_flat: Sequence[bytes | str]) -> dict[str, Decimal]:
     """Lifetime totals: the sum for `sum` meters, the matching-event count for the others."""
     out: dict[str, Decimal] = {}
-    for name, v in _pairs(hash_flat).items():
+    for name, v in pairs(hash_flat).items():
         meter = catalog.meters.get(name)
         if meter is not None:
             out[name] = from_micro(v) if meter.aggregation == "sum" else Decimal(v)
@@ -79,11 +80,7 @@ def parse_lifetime(catalog: Catalog, hash_flat: Sequence[bytes | str]) -> dict[s
 
 
 def parse_weeks(hash_flat: Sequence[bytes | str]) -> dict[str, int]:
-    return {w: int(n) for w, n in _pairs(hash_flat).items()}
-
-
-def pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
-    return _pairs(flat)
+    return {w: int(n) for w, n in pairs(hash_flat).items()}
 
 
 def build_state(

@@ -178,12 +178,6 @@ class Store:
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
-    def ping(self) -> bool:
-        try:
-            return bool(self.r.ping())
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-            return False
-
     # -- usage ---------------------------------------------------------------------------
 
     def apply(self, calls: Sequence[ApplyCall], now_ms: int, week_cutoff: str) -> list[ApplyResult]:
