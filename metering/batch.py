@@ -47,9 +47,10 @@ class Limits:
 
 @dataclass
 class AccountBatch:
+    """One store call and the decoded events behind it (`events[i]` is `call.events[i]`)."""
+
     call: ApplyCall
     events: list[Event] = field(default_factory=list)
-    args: list[EventArg] = field(default_factory=list)
 
 
 @dataclass
@@ -126,7 +127,7 @@ def plan_batch(
     for (account, wm_field), (evs, args) in pending.items():
         periods = sorted({a[2] for a in args} | {current})
         call = ApplyCall(account, wm_field, args, periods, uniq, weeks, engine.mark_fields(evs))
-        groups[(account, wm_field)] = AccountBatch(call, evs, args)
+        groups[(account, wm_field)] = AccountBatch(call, evs)
     return BatchPlan(list(groups.values()), dead)
 
 
@@ -135,7 +136,7 @@ def items_for(batch: AccountBatch, flags: str) -> list[Item]:
     kept, so a trigger lost to a crash before it was recorded is recreated)."""
     return [
         Item(ev, arg[2], frozenset(u[0] for u in arg[5]), flag == "1", _amounts(arg[5]))
-        for ev, arg, flag in zip(batch.events, batch.args, flags, strict=True)
+        for ev, arg, flag in zip(batch.events, batch.call.events, flags, strict=True)
         if flag != "d"
     ]
 

@@ -79,6 +79,24 @@ class Oracle:
         return {a for (a, _, _) in self.counts}
 
 
+def event_data(rng: random.Random, etype: str, gb: tuple[float, float] = (0.0, 50.0)) -> dict[str, Any]:
+    """Random `data` of the shape the example meters read for an event type; a type no meter
+    reads gets a payload nothing aggregates."""
+    if etype == "api.request":
+        return {"user_id": f"u{rng.randrange(40)}", "concurrency": rng.randrange(1, 200)}
+    if etype == "app.session":
+        return {"user_id": f"u{rng.randrange(40)}"}
+    if etype == "llm.completion":
+        return {"tokens": rng.randrange(1, 5000)}
+    if etype == "payment.captured":
+        return {"amount": f"{rng.randrange(1, 100_000) / 100:.2f}"}
+    if etype == "storage.snapshot":
+        return {"gb": round(rng.uniform(*gb), 3)}
+    if etype == "feature.used":
+        return {"feature": rng.choice(["reports", "reports", "exports"])}
+    return {"q": "x"}
+
+
 def generate(
     n: int, accounts: int, now_ms: int, seed: int = 7, dup_rate: float = 0.05, source: str = "gen"
 ) -> tuple[list[tuple[bytes, bytes]], Oracle]:
@@ -102,19 +120,7 @@ def generate(
             continue
         acct = f"acct-{rng.randrange(accounts):05d}"
         t = rng.choice(kinds)
-        data: dict[str, Any]
-        if t == "api.request":
-            data = {"user_id": f"u{rng.randrange(40)}", "concurrency": rng.randrange(1, 200)}
-        elif t == "app.session":
-            data = {"user_id": f"u{rng.randrange(40)}"}
-        elif t == "llm.completion":
-            data = {"tokens": rng.randrange(1, 5000)}
-        elif t == "payment.captured":
-            data = {"amount": f"{rng.randrange(1, 100000) / 100:.2f}"}
-        elif t == "storage.snapshot":
-            data = {"gb": round(rng.uniform(0, 50), 3)}
-        else:
-            data = {"feature": rng.choice(["reports", "reports", "exports"])}
+        data = event_data(rng, t)
         ev = {
             "specversion": "1.0",
             "id": f"{source}-{i}",

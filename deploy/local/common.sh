@@ -23,3 +23,16 @@ pid_alive() {
 listener_pid() {
   ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true
 }
+
+# stop_pid NAME PIDFILE GRACE_SECONDS: SIGTERM the process, SIGKILL it after the grace
+# period, forget the pid file. Stopping a stopped service is a no-op.
+stop_pid() {
+  local name="$1" pidf="$2" grace="$3" pid
+  if ! pid_alive "$pidf"; then rm -f "$pidf"; log "$name: not running"; return 0; fi
+  pid="$(cat "$pidf")"
+  kill -TERM "$pid"
+  for _ in $(seq 1 $((grace * 5))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -0 "$pid" 2>/dev/null && { log "$name: no exit after $grace s, killing"; kill -KILL "$pid"; }
+  rm -f "$pidf"
+  log "$name: stopped"
+}

@@ -124,13 +124,7 @@ start() {
 }
 
 stop() {
-  if ! pid_alive "$PIDF"; then rm -f "$PIDF"; log "kafka: not running"; return 0; fi
-  local pid; pid="$(cat "$PIDF")"
-  kill -TERM "$pid"
-  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-  kill -0 "$pid" 2>/dev/null && { log "kafka: no exit after 30 s, killing"; kill -KILL "$pid"; }
-  rm -f "$PIDF"
-  log "kafka: stopped"
+  stop_pid kafka "$PIDF" 30
 }
 
 status() {

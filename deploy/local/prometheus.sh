@@ -91,13 +91,7 @@ start() {
 }
 
 stop() {
-  if ! pid_alive "$PIDF"; then rm -f "$PIDF"; log "prometheus: not running"; return 0; fi
-  local pid; pid="$(cat "$PIDF")"
-  kill -TERM "$pid"
-  for _ in $(seq 1 75); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-  kill -0 "$pid" 2>/dev/null && { log "prometheus: no exit after 15 s, killing"; kill -KILL "$pid"; }
-  rm -f "$PIDF"
-  log "prometheus: stopped"
+  stop_pid prometheus "$PIDF" 15
 }
 
 status() {

@@ -105,13 +105,7 @@ start() {
 }
 
 stop() {
-  if ! pid_alive "$PIDF"; then rm -f "$PIDF"; log "redis: not running"; return 0; fi
-  local pid; pid="$(cat "$PIDF")"
-  kill -TERM "$pid"
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-  rm -f "$PIDF"
-  log "redis: stopped"
+  stop_pid redis "$PIDF" 10
 }
 
 status() {

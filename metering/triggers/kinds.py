@@ -124,6 +124,22 @@ class Ctx:
             {"rule": rule, "account": self.account, "plan": self.plan} | data,
         )
 
+    def repeatable(
+        self,
+        kind: str,
+        rule: str,
+        field: str,
+        time_ms: int,
+        data: dict[str, object],
+        cooldown_days: int | None,
+    ) -> Candidate | None:
+        """A scope that may fire again after a cooldown: None while the stored mark's cooldown
+        holds, else the next firing (its sequence number in the id), compare-and-set against
+        that mark when recorded."""
+        expected = self.state.marks.get(field, "")
+        seq = cooldown_next(expected, time_ms, cooldown_days)
+        return None if seq is None else self.candidate(kind, rule, field, time_ms, data, expected, seq)
+
 
 def crossing(ctx: Ctx, meter: str, period: str, now: Decimal, threshold: Decimal) -> tuple[int, Decimal]:
     """(time, value) of the batch event that took `meter` to `threshold`: the value before
@@ -188,24 +204,15 @@ def power_user(ctx: Ctx, rule: PowerUser) -> Iterator[Candidate]:
     window = current[: rule.weeks] if counts.get(iso_week(now), 0) >= rule.min_per_week else current[1:]
     if not all(counts.get(w, 0) >= rule.min_per_week for w in window):
         return
-    field = f"pu:{rule.id}"
-    expected = ctx.state.marks.get(field, "")
-    seq = cooldown_next(expected, now, rule.cooldown_days)
-    if seq is not None:
-        yield ctx.candidate(
-            "power_user",
-            rule.id,
-            field,
-            now,
-            {
-                "meter": rule.meter,
-                "weeks": sorted(window),
-                "min_per_week": rule.min_per_week,
-                "offer": ctx.offers.upgrade(ctx.plan),
-            },
-            expected,
-            seq,
-        )
+    data: dict[str, object] = {
+        "meter": rule.meter,
+        "weeks": sorted(window),
+        "min_per_week": rule.min_per_week,
+        "offer": ctx.offers.upgrade(ctx.plan),
+    }
+    c = ctx.repeatable("power_user", rule.id, f"pu:{rule.id}", now, data, rule.cooldown_days)
+    if c is not None:
+        yield c
 
 
 def feature_fields(rule: FeatureRequest, events: Sequence[Event]) -> list[str]:
@@ -231,19 +238,10 @@ def feature_request(ctx: Ctx, rule: FeatureRequest) -> Iterator[Candidate]:
         offer = offer_for_feature(ctx.catalog, ctx.plan, sub.addons, feature, sub.tenure_days(t))
         if offer is None:  # already has it, or nothing sells it: not an expansion signal
             continue
-        field = f"fr:{rule.id}:{feature}"
-        expected = ctx.state.marks.get(field, "")
-        seq = cooldown_next(expected, t, rule.cooldown_days)
-        if seq is not None:
-            yield ctx.candidate(
-                "feature_request",
-                rule.id,
-                field,
-                t,
-                {"feature": feature, "offer": offer.to_json()},
-                expected,
-                seq,
-            )
+        data: dict[str, object] = {"feature": feature, "offer": offer.to_json()}
+        c = ctx.repeatable("feature_request", rule.id, f"fr:{rule.id}:{feature}", t, data, rule.cooldown_days)
+        if c is not None:
+            yield c
 
 
 def milestone(ctx: Ctx, rule: Milestone) -> Iterator[Candidate]:

@@ -43,7 +43,7 @@ from rules.models import (
     SpendThreshold,
     UsageThreshold,
 )
-from tests.workload import Oracle
+from tests.workload import Oracle, event_data
 
 HOUR_MS = 3_600_000
 SOURCE = "fault"
@@ -233,22 +233,7 @@ def build(
         acct = names[min(int(rng.paretovariate(1.2)) - 1, accounts - 1)] if rng.random() < 0.3 else None
         acct = acct or rng.choice(names)
         t = rng.choice(kinds)
-        data: dict[str, Any]
-        if t == "api.request":
-            data = {"user_id": f"u{rng.randrange(40)}", "concurrency": rng.randrange(1, 200)}
-        elif t == "app.session":
-            data = {"user_id": f"u{rng.randrange(40)}"}
-        elif t == "llm.completion":
-            data = {"tokens": rng.randrange(1, 5000)}
-        elif t == "payment.captured":
-            data = {"amount": f"{rng.randrange(1, 100_000) / 100:.2f}"}
-        elif t == "storage.snapshot":
-            lo, hi = storage[acct]
-            data = {"gb": round(rng.uniform(lo, hi), 3)}
-        elif t == "feature.used":
-            data = {"feature": rng.choice(["reports", "reports", "exports"])}
-        else:
-            data = {"q": "x"}
+        data = event_data(rng, t, storage[acct]) if t == "storage.snapshot" else event_data(rng, t)
         stream.append(event(t, acct, recent(), data))
     sc.roles["generic"] = len(names)
 

@@ -81,7 +81,7 @@ def outcomes(
         account = acct.call.account
         assert account.strip() and len(account.encode()) <= 256
         orjson.dumps({"ev": acct.call.events, "periods": acct.call.periods, "marks": acct.call.marks})
-        for offset, digest, period, week, _ts, updates in acct.args:
+        for offset, digest, period, week, _ts, updates in acct.call.events:
             assert offset not in out
             out[offset] = COUNTED
             assert digest and re.fullmatch(r"\d{4}-\d{2}", period) and re.fullmatch(r"\d{4}-W\d{2}", week)
@@ -518,7 +518,7 @@ def test_a_report_run_in_year_1_never_breaks_trigger_evaluation() -> None:
     if plan.dead:  # dead-lettering such a time is a fix too
         assert plan.dead[0].reason == "bad_value"
         return
-    event, (_, _, period, week, _, updates) = plan.accounts[0].events[0], plan.accounts[0].args[0]
+    event, (_, _, period, week, _, updates) = plan.accounts[0].events[0], plan.accounts[0].call.events[0]
     state = AccountState(
         event.account,
         Subscription(plan=CATALOG.default_plan),
