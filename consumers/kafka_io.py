@@ -59,6 +59,7 @@ def consumer(settings: Settings, *topics: str, **extra: Any) -> KafkaConsumer:
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": settings.max_poll_records,
+        "max_partition_fetch_bytes": settings.max_partition_fetch_bytes,
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": max(500, settings.session_timeout_ms // 4),
     }

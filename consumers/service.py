@@ -46,12 +46,35 @@ from metering.metrics import Metrics
 from metering.periods import delta_ms, weeks_back
 from metering.settings import Settings
 from metering.state import build_state, pairs
-from metering.store import ApplyResult, FireCall, Store
+from metering.store import ApplyResult, FireCall, Pending, Store, apply_results, fire_results
 from metering.subscriptions import from_store, to_store
 from metering.triggers import Candidate, TriggerEngine
 from rules.models import Catalog
 
 log = logging.getLogger("metering.service")
+
+# Records per slice of a batch (whole partitions): small enough that Redis has the first
+# slice's scripts to run while the next is planned, large enough that a slice's round trip
+# and per-call overhead stay small against its work.
+SLICE_RECORDS = 800
+
+
+def _slices(records: Sequence[Record], size: int) -> list[list[Record]]:
+    """Consecutive runs of whole partitions of at least `size` records (a poll returns each
+    partition's records together and in offset order)."""
+    out: list[list[Record]] = []
+    current: list[Record] = []
+    last: tuple[str, int] | None = None
+    for rec in records:
+        tp = (rec.topic, rec.partition)
+        if tp != last and len(current) >= size:
+            out.append(current)
+            current = []
+        last = tp
+        current.append(rec)
+    if current:
+        out.append(current)
+    return out
 
 
 class Service:
@@ -206,14 +229,43 @@ class Service:
         self.metrics.batch_size.observe(len(records))
 
         dead = self._apply_subscriptions(accounts)
-        plan = plan_batch(usage, self.index, self.engine, self.limits, now_ms)
-        dead += plan.dead
-        results = self._apply_usage(plan, now_ms)
-        outboxes = self._fire(plan, results)
-        self._publish(plan, results, outboxes, dead)
+        # Slices overlap Redis with Python: a slice's apply script runs while the next slice is
+        # planned, and its triggers are evaluated while later slices apply. A partition is
+        # never split across slices, so no two calls in flight share an (account, partition)
+        # watermark, and a call redone after a lost connection cannot land behind a later one.
+        cutoff = weeks_back(now_ms, 12)[-1]
+        applying: list[tuple[BatchPlan, Pending]] = []
+        for part in _slices(usage, SLICE_RECORDS):
+            plan = plan_batch(part, self.index, self.engine, self.limits, now_ms)
+            dead += plan.dead
+            applying.append((plan, self._send_apply(plan, now_ms, cutoff)))
+        firing: list[tuple[list[tuple[AccountBatch, list[Candidate]]], list[FireCall], Pending]] = []
+        outboxes: dict[str, list[bytes]] = {}
+        for plan, pending in applying:
+            results = self._apply_usage(plan, pending, now_ms, cutoff)
+            for acct, res in zip(plan.accounts, results, strict=True):
+                outboxes[acct.call.account] = list(res.outbox)
+            calls, cands = self._evaluate(plan, results)
+            firing.append((cands, calls, self.store.send_fire(calls)))
+        for cands, calls, pending in firing:
+            # Replies come in send order, and every fire runs after every apply: the last
+            # outbox seen for an account is the freshest (entries left by a crash included).
+            outboxes.update(self._fired(cands, calls, pending))
+        self._publish(outboxes, dead)
         self._commit(raw_records)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         self._observe_lag()
+
+    def _await(self, what: str, pending: Pending, again: Callable[[], Pending]) -> list[Any]:
+        """A sent call's replies; after a transient failure the call is sent again (every
+        script is idempotent) under the retry policy."""
+        first = [pending]
+
+        def attempt() -> list[Any]:
+            p = first.pop() if first else again()
+            return p.result()
+
+        return self.retry(what, attempt)
 
     def _apply_subscriptions(self, records: Sequence[Record]) -> list[DeadLetter]:
         updates: list[tuple[str, dict[str, str]]] = []
@@ -230,11 +282,12 @@ class Service:
                 self.metrics.account_updates.labels("applied" if a else "stale").inc()
         return dead
 
-    def _apply_usage(self, plan: BatchPlan, now_ms: int) -> list[ApplyResult]:
-        cutoff = weeks_back(now_ms, 12)[-1]
-        results = self.retry(
-            "applying usage", lambda: self.store.apply([a.call for a in plan.accounts], now_ms, cutoff)
-        )
+    def _send_apply(self, plan: BatchPlan, now_ms: int, cutoff: str) -> Pending:
+        return self.store.send_apply([a.call for a in plan.accounts], now_ms, cutoff)
+
+    def _apply_usage(self, plan: BatchPlan, pending: Pending, now_ms: int, cutoff: str) -> list[ApplyResult]:
+        raw = self._await("applying usage", pending, lambda: self._send_apply(plan, now_ms, cutoff))
+        results = apply_results(raw)
         processed = dup = redelivered = 0
         lags: list[int] = []
         for acct, res in zip(plan.accounts, results, strict=True):
@@ -246,7 +299,7 @@ class Service:
                     dup += 1
                 else:
                     redelivered += 1
-        # The lag histogram sees an even sample of at most 64 counted events per batch: a
+        # The lag histogram sees an even sample of at most 64 counted events per slice: a
         # distribution needs no more, and an observation costs microseconds.
         for t in lags[:: max(1, len(lags) // 64)]:
             self.metrics.event_lag.observe(max(0.0, (now_ms - t) / 1000))
@@ -255,14 +308,15 @@ class Service:
         self.metrics.events_deduplicated.labels("redelivered").inc(redelivered)
         return results
 
-    def _fire(self, plan: BatchPlan, results: Sequence[ApplyResult]) -> dict[str, list[bytes]]:
-        """Evaluate and record triggers; returns, per account that had candidates, its outbox
-        as read back by the same script that recorded them."""
+    def _evaluate(
+        self, plan: BatchPlan, results: Sequence[ApplyResult]
+    ) -> tuple[list[FireCall], list[tuple[AccountBatch, list[Candidate]]]]:
+        """Trigger candidates of each account, as fire calls (marks + outbox entries)."""
         calls: list[FireCall] = []
         cands: list[tuple[AccountBatch, list[Candidate]]] = []
+        if not self.catalog.triggers:
+            return calls, cands
         for acct, res in zip(plan.accounts, results, strict=True):
-            if not self.catalog.triggers:
-                break
             sub = from_store(pairs(res.subscription), self.catalog)
             state = build_state(
                 self.catalog,
@@ -283,25 +337,22 @@ class Service:
                     )
                 )
                 cands.append((acct, found))
-        replies = self.retry("recording triggers", lambda: self.store.fire(calls))
+        return calls, cands
+
+    def _fired(
+        self, cands: Sequence[tuple[AccountBatch, list[Candidate]]], calls: list[FireCall], pending: Pending
+    ) -> dict[str, list[bytes]]:
+        """Per account with candidates, its outbox as the fire script that recorded them left it."""
+        raw = self._await("recording triggers", pending, lambda: self.store.send_fire(calls))
+        replies = fire_results(raw)
         outboxes: dict[str, list[bytes]] = {}
         for (acct, found), (_flags, outbox) in zip(cands, replies, strict=True):
             self.engine.recorded(acct.call.account, found)
             outboxes[acct.call.account] = outbox
         return outboxes
 
-    def _publish(
-        self,
-        plan: BatchPlan,
-        results: Sequence[ApplyResult],
-        outboxes: dict[str, list[bytes]],
-        dead: Sequence[DeadLetter],
-    ) -> None:
-        """Every account's outbox (as the fire script left it, else as apply read it: entries
-        left by a crash come first) and the dead letters; then the acked entries are dropped."""
-        for acct, res in zip(plan.accounts, results, strict=True):
-            if res.outbox and acct.call.account not in outboxes:
-                outboxes[acct.call.account] = list(res.outbox)
+    def _publish(self, outboxes: dict[str, list[bytes]], dead: Sequence[DeadLetter]) -> None:
+        """Every account's outbox and the dead letters; then the acked entries are dropped."""
         entries = [(account, items) for account, items in outboxes.items() if items]
         self.metrics.outbox_depth.set(sum(len(e) for _, e in entries))
         if not entries and not dead:

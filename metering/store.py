@@ -10,6 +10,7 @@ marks, compare-and-set trigger marks).
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,6 +67,38 @@ def _script_source(name: str) -> str:
     return resources.files("metering").joinpath(f"lua/{name}.lua").read_text()
 
 
+def apply_results(raw: Sequence[Any]) -> list[ApplyResult]:
+    return [
+        ApplyResult(flags.decode(), sub, periods, life, weeks, marks, outbox)
+        for flags, sub, periods, life, weeks, marks, outbox in raw
+    ]
+
+
+def fire_results(raw: Sequence[Any]) -> list[tuple[str, list[bytes]]]:
+    return [(flags.decode(), list(outbox)) for flags, outbox in raw]
+
+
+class Pending:
+    """Script calls sent and not yet read; `result()` waits for their replies (raw)."""
+
+    def __init__(self, store: Store, script: str, calls: Sequence[Any], args: Callable[[Any], Any]) -> None:
+        self.store = store
+        self.script = script
+        self.calls = calls
+        self.args = args
+        self.sent = time.perf_counter()
+        self.raw: list[Any] | None = None
+        self.error: Exception | None = None
+
+    def result(self) -> list[Any]:
+        if self.raw is None and self.error is None:
+            self.store._wait(self)
+        if self.error is not None:
+            raise self.error
+        assert self.raw is not None
+        return self.raw
+
+
 Client = redis.Redis | redis.cluster.RedisCluster  # type: ignore[type-arg]
 
 
@@ -102,6 +135,8 @@ class Store:
             name: self.r.register_script(_script_source(name))  # type: ignore[union-attr]
             for name in ("apply", "fire", "subscription", "outbox_ack")
         }
+        self._conn: Any = None  # the one connection of `send` (plain Redis)
+        self._inflight: deque[Pending] = deque()
 
     def base(self, account: str) -> str:
         return keys.account_base(self.prefix, account)
@@ -120,17 +155,98 @@ class Store:
     def _pipeline(
         self, script: str, calls: Sequence[T], args: Callable[[T], tuple[list[str], list[Any]]]
     ) -> list[Any]:
+        return self.send(script, calls, args).result()
+
+    def send(
+        self, script: str, calls: Sequence[T], args: Callable[[T], tuple[list[str], list[Any]]]
+    ) -> Pending:
+        """Send one script call per item without waiting; `result()` on the returned Pending
+        waits for the replies. Every call goes over one connection, so Redis runs them in the
+        order they were sent (a later call can rely on an earlier one), and a lost connection
+        loses a suffix of them, never one in the middle."""
+        pending = Pending(self, script, calls, args)
         if not calls:
-            return []
-        with self._timed(script):
-            if isinstance(self.r, redis.cluster.RedisCluster):
-                return self._cluster_pipeline(script, calls, args)
-            pipe = self.r.pipeline(transaction=False)
-            s = self._scripts[script]
+            pending.raw = []
+        elif isinstance(self.r, redis.cluster.RedisCluster):
+            try:
+                with self._timed(script):
+                    pending.raw = self._cluster_pipeline(script, calls, args)
+            except StoreUnavailable as exc:
+                pending.error = exc
+        else:
+            sha = self._scripts[script].sha  # type: ignore[union-attr]
+            commands = []
             for call in calls:
                 k, a = args(call)
-                s(keys=k, args=a, client=pipe)
-            return list(pipe.execute())
+                commands.append(("EVALSHA", sha, len(k), *k, *a))
+            try:
+                conn = self._connection()
+                conn.send_packed_command(conn.pack_commands(commands))
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self._lost(StoreUnavailable(f"redis: {exc}"))
+                pending.error = StoreUnavailable(f"redis: {exc}")
+            else:
+                self._inflight.append(pending)
+        return pending
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            assert isinstance(self.r, redis.Redis)
+            self._conn = self.r.connection_pool.get_connection()
+        return self._conn
+
+    def _lost(self, error: StoreUnavailable) -> None:
+        """The connection broke: every call still in flight may or may not have run, so each
+        fails as retriable (the caller redoes it; the scripts are idempotent)."""
+        while self._inflight:
+            self._inflight.popleft().error = error
+        if self._conn is not None:
+            self._conn.disconnect()
+            assert isinstance(self.r, redis.Redis)
+            self.r.connection_pool.release(self._conn)
+            self._conn = None
+
+    def _wait(self, pending: Pending) -> None:
+        """Read replies in send order up to and including `pending`'s."""
+        while pending.raw is None and pending.error is None and self._inflight:
+            p = self._inflight.popleft()
+            replies: list[Any] = []
+            try:
+                for _ in p.calls:
+                    try:
+                        replies.append(self._conn.read_response())
+                    except redis.ResponseError as exc:
+                        replies.append(exc)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                p.error = StoreUnavailable(f"redis: {exc}")
+                self._lost(p.error)
+                break
+            finally:
+                if self.metrics is not None:
+                    self.metrics.redis_seconds.labels(p.script).observe(time.perf_counter() - p.sent)
+            errors = [r for r in replies if isinstance(r, redis.ResponseError)]
+            if any(isinstance(e, redis.exceptions.NoScriptError) for e in errors):
+                # The script cache was flushed (or Redis restarted) under us: those calls did
+                # not run. Load the scripts and send them again.
+                try:
+                    p.raw = self._again(p)
+                except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                    p.error = StoreUnavailable(f"redis: {exc}")
+                except Exception as exc:  # kept for result() to raise, where the policy is
+                    p.error = exc
+            elif errors:
+                p.error = errors[0]
+            else:
+                p.raw = replies
+
+    def _again(self, p: Pending) -> list[Any]:
+        for script in self._scripts.values():
+            script.sha = self.r.script_load(script.script)  # type: ignore[union-attr]
+        again = self.send(p.script, p.calls, p.args)
+        self._wait(again)
+        if again.error is not None:
+            raise again.error
+        return again.raw or []
 
     def _cluster_pipeline(
         self, script: str, calls: Sequence[T], args: Callable[[T], tuple[list[str], list[Any]]]
@@ -182,6 +298,10 @@ class Store:
 
     def apply(self, calls: Sequence[ApplyCall], now_ms: int, week_cutoff: str) -> list[ApplyResult]:
         """Apply each account's events and read back its state; one round trip for all."""
+        return apply_results(self.send_apply(calls, now_ms, week_cutoff).result())
+
+    def send_apply(self, calls: Sequence[ApplyCall], now_ms: int, week_cutoff: str) -> Pending:
+        """`apply` without waiting: `apply_results(pending.result())` later."""
         if self.window_ms > 0:
             bucket, ttl = now_ms // self.window_ms, (2 * self.window_ms) // 1000 + 3600
         else:
@@ -192,21 +312,19 @@ class Store:
             req = {"ev": c.events, "periods": c.periods, "uniq": c.uniq, "weeks": c.weeks, "marks": c.marks}
             return [base + keys.SUB], [base, c.wm_field, bucket, ttl, week_cutoff, orjson.dumps(req)]
 
-        out = []
-        for raw in self._pipeline("apply", calls, args):
-            flags, sub, periods, life, weeks, marks, outbox = raw
-            out.append(ApplyResult(flags.decode(), sub, periods, life, weeks, marks, outbox))
-        return out
+        return self.send("apply", calls, args)
 
     def fire(self, calls: Sequence[FireCall]) -> list[tuple[str, list[bytes]]]:
         """Record triggers with their marks and outbox entries; per call, a flag per candidate
         and the account's outbox as it stands after the call."""
+        return fire_results(self.send_fire(calls).result())
 
+    def send_fire(self, calls: Sequence[FireCall]) -> Pending:
         def args(c: FireCall) -> tuple[list[str], list[Any]]:
             base = self.base(c.account)
             return [base + keys.SUB], [base, orjson.dumps(c.candidates)]
 
-        return [(flags.decode(), list(outbox)) for flags, outbox in self._pipeline("fire", calls, args)]
+        return self.send("fire", calls, args)
 
     def ack_outbox(self, acks: Sequence[tuple[str, int, bytes]]) -> None:
         """(account, n, first entry): drop the first n entries once Kafka acknowledged them."""
@@ -249,4 +367,8 @@ class Store:
             return list(self.r.lrange(self.base(account) + keys.OUTBOX, 0, -1))
 
     def close(self) -> None:
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._conn = None
+        self._inflight.clear()
         self.r.close()

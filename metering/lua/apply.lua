@@ -13,12 +13,19 @@
 -- Exactly once: an event whose offset is at or below the (account, partition) watermark was
 -- applied by an earlier call (a redelivery after a crash or rebalance, or a fenced zombie's
 -- stale batch) and is skipped; an event whose (source, id) digest is in the current or the
--- previous dedup bucket is a producer duplicate and is skipped. The watermark, the dedup marks
--- and the aggregates change in this one script, so they can never disagree.
+-- previous dedup bucket, or earlier in this same call, is a producer duplicate and is skipped.
+-- The watermark, the dedup marks and the aggregates change in this one script, so they can
+-- never disagree.
 --
 -- Exactness: sums and maxima are integer strings in micro-units. Maxima are compared as
--- strings; sums of up to 15 digits are gathered as doubles below 2^52 (exact) and anything
--- larger goes to HINCRBY (int64): a value is never rounded.
+-- strings. Sums are gathered as doubles only while exact: a stored value of up to 15 digits
+-- plus a gathered delta below 2^52 stays below 2^53; a longer stored value or event value
+-- goes to HINCRBY (int64 in Redis). A value is never rounded.
+--
+-- Cost: a redis.call from Lua costs far more than a table update, so the script makes a fixed
+-- number of calls per account (about 15), not per event: the dedup digests are checked with
+-- one HMGET per bucket and recorded with one HSET; each period hash and the lifetime hash are
+-- read once (the read-back needs them anyway), updated in Lua and written with one HSET.
 --
 -- Returns {flags, sub, periods, life, weeks, marks, outbox}; flags has one char per event:
 -- "1" applied, "d" duplicate (source, id), "r" redelivered (offset already applied).
@@ -34,23 +41,76 @@ local wm_key = base .. 'wm'
 local life_key = base .. 'life'
 local cur_dedup = base .. 'd:' .. bucket
 local prev_dedup = base .. 'd:' .. (bucket - 1)
+local CHUNK = 3000 -- arguments per unpack(): Lua's C stack holds 8000
 
+local function call_chunked(cmd, key, args)
+  for j = 1, #args, CHUNK do
+    redis.call(cmd, key, unpack(args, j, math.min(j + CHUNK - 1, #args)))
+  end
+end
+
+-- HMGET of many fields, chunked; a missing field is false
+local function hmget(key, fields)
+  local out = {}
+  for j = 1, #fields, CHUNK do
+    local part = redis.call('HMGET', key, unpack(fields, j, math.min(j + CHUNK - 1, #fields)))
+    for k = 1, #part do out[j + k - 1] = part[k] end
+  end
+  return out
+end
+
+-- 1. Offsets, then (source, id) digests.
 local watermark = tonumber(redis.call('HGET', wm_key, wm_field) or '-1')
 local flags = {}
+local fresh = {} -- indices of events past the watermark
 local max_offset = watermark
--- Writes are gathered per key and field and done once at the end (a redis.call from Lua
--- costs far more than a table update): small counts, maxima, latest values, set members.
-local counts = {}      -- key -> field -> increment (integers < 2^53: exact as doubles)
-local maxima = {}      -- key -> field -> largest micro-unit integer string seen
-local latest = {}      -- key -> field -> {ts, value}
-local members = {}     -- set key -> list of members
-local touched_weeks = {}
-local dedup_used = false
+local events = req.ev
+for i = 1, #events do
+  local offset = events[i][1]
+  if offset <= watermark then
+    flags[i] = 'r'
+  else
+    fresh[#fresh + 1] = i
+    if offset > max_offset then max_offset = offset end
+  end
+end
+if ttl > 0 and #fresh > 0 then
+  local digests = {}
+  for j = 1, #fresh do digests[j] = events[fresh[j]][2] end
+  local in_prev = hmget(prev_dedup, digests)
+  local in_cur = hmget(cur_dedup, digests)
+  local seen = {}
+  local record = {}
+  for j = 1, #fresh do
+    local d = digests[j]
+    if in_prev[j] or in_cur[j] or seen[d] then
+      flags[fresh[j]] = 'd'
+    else
+      seen[d] = true
+      flags[fresh[j]] = '1'
+      record[#record + 1] = d
+      record[#record + 1] = '1'
+    end
+  end
+  if #record > 0 then
+    call_chunked('HSET', cur_dedup, record)
+    redis.call('EXPIRE', cur_dedup, ttl)
+  end
+else
+  for j = 1, #fresh do flags[fresh[j]] = '1' end
+end
 
-local function bump(key, field, n)
-  local t = counts[key]
-  if not t then t = {}; counts[key] = t end
-  t[field] = (t[field] or 0) + n
+-- 2. Gather the applied events' updates in Lua tables.
+local deltas = {}      -- key -> field -> increment (a double, exact: see add)
+local maxima = {}      -- period key -> field -> largest micro-unit integer string seen
+local latest = {}      -- period key -> meter -> {ts, value}
+local members = {}     -- set key -> list of members
+local week_bumps = {}  -- week key -> week -> count
+
+local function sub_table(t, key)
+  local s = t[key]
+  if not s then s = {}; t[key] = s end
+  return s
 end
 
 -- a >= b for non-negative integer strings without leading zeros
@@ -59,17 +119,17 @@ local function int_ge(a, b)
   return a >= b
 end
 
--- Sums: micro-unit integer strings. Up to 15 digits they add exactly as doubles and are
--- gathered (flushed before 2^52); longer ones go straight to HINCRBY (int64 in Redis).
+-- Values of more than 15 digits go straight to HINCRBY; gathered deltas are flushed there
+-- before they reach 2^52, so each stays exact as a double and below 2^53 once added to a
+-- stored value of at most 15 digits.
 local LIMIT = 4503599627370496
-local function add_sum(key, field, arg)
-  if #arg > 15 then
-    redis.call('HINCRBY', key, field, arg)
+local function add(key, field, arg_or_n)
+  if type(arg_or_n) == 'string' and #arg_or_n > 15 then
+    redis.call('HINCRBY', key, field, arg_or_n)
     return
   end
-  local t = counts[key]
-  if not t then t = {}; counts[key] = t end
-  local v = (t[field] or 0) + tonumber(arg)
+  local t = sub_table(deltas, key)
+  local v = (t[field] or 0) + tonumber(arg_or_n)
   if v >= LIMIT then
     redis.call('HINCRBY', key, field, string.format('%d', v))
     v = 0
@@ -77,115 +137,153 @@ local function add_sum(key, field, arg)
   t[field] = v
 end
 
-for i, ev in ipairs(req.ev) do
-  local offset, digest, period, week, ts, ups = ev[1], ev[2], ev[3], ev[4], ev[5], ev[6]
-  if offset <= watermark then
-    flags[i] = 'r'
-  elseif ttl > 0 and (redis.call('HEXISTS', prev_dedup, digest) == 1
-                      or redis.call('HSETNX', cur_dedup, digest, '1') == 0) then
-    flags[i] = 'd'
-  else
-    flags[i] = '1'
-    dedup_used = dedup_used or ttl > 0
+for i = 1, #events do
+  if flags[i] == '1' then
+    local ev = events[i]
+    local period, week, ts, ups = ev[3], ev[4], ev[5], ev[6]
     local pkey = base .. 'p:' .. period
     for _, u in ipairs(ups) do
       local meter, op, arg = u[1], u[2], u[3]
-      bump(pkey, meter .. ':n', 1)
-      local wkey = base .. 'w:' .. meter
-      bump(wkey, week, 1)
-      touched_weeks[wkey] = true
+      add(pkey, meter .. ':n', 1)
+      local wb = sub_table(week_bumps, base .. 'w:' .. meter)
+      wb[week] = (wb[week] or 0) + 1
       if op == 'c' then
-        bump(pkey, meter .. ':v', 1)
-        bump(life_key, meter, 1)
+        add(pkey, meter .. ':v', 1)
+        add(life_key, meter, 1)
       elseif op == 's' then
-        add_sum(pkey, meter .. ':v', arg)
-        add_sum(life_key, meter, arg)
+        add(pkey, meter .. ':v', arg)
+        add(life_key, meter, arg)
       else
-        bump(life_key, meter, 1)
+        add(life_key, meter, 1)
         if op == 'u' then
-          local skey = base .. 'u:' .. meter .. ':' .. period
-          local m = members[skey]
-          if not m then m = {}; members[skey] = m end
+          local m = sub_table(members, base .. 'u:' .. meter .. ':' .. period)
           m[#m + 1] = arg
         elseif op == 'x' then
-          local t = maxima[pkey]
-          if not t then t = {}; maxima[pkey] = t end
+          local t = sub_table(maxima, pkey)
           local field = meter .. ':v'
           if not t[field] or not int_ge(t[field], arg) then t[field] = arg end
         elseif op == 'l' then
           -- latest by event time: an older event arriving later does not override a newer one;
           -- a tie goes to the later record
-          local t = latest[pkey]
-          if not t then t = {}; latest[pkey] = t end
+          local t = sub_table(latest, pkey)
           local cur = t[meter]
           if not cur or ts >= cur[1] then t[meter] = {ts, arg} end
         end
       end
     end
   end
-  if offset > max_offset then max_offset = offset end
 end
 
-local new_week = {}
-for key, fields in pairs(counts) do
-  local is_week = touched_weeks[key]
-  for field, n in pairs(fields) do
+-- 3. Write. A hash that is also read back is read once, updated in Lua, written with one
+-- HSET and returned as updated (`values`: field -> string).
+local function read_hash(key)
+  local flat = redis.call('HGETALL', key)
+  local values = {}
+  for j = 1, #flat, 2 do values[flat[j]] = flat[j + 1] end
+  return values
+end
+
+local function flatten(values)
+  local flat = {}
+  for f, v in pairs(values) do
+    flat[#flat + 1] = f
+    flat[#flat + 1] = v
+  end
+  return flat
+end
+
+-- Applies the gathered deltas, maxima and latest values of `key` to `values`; writes the
+-- changed fields with one HSET.
+local updated = {}
+local function update_hash(key, values)
+  updated[key] = true
+  local changed = {}
+  for field, n in pairs(deltas[key] or {}) do
     if n ~= 0 then
-      local total = redis.call('HINCRBY', key, field, string.format('%d', n))
-      -- a week field just created: the only moment the 12-week window can overflow
-      if is_week and total == n then new_week[key] = true end
+      local cur = values[field]
+      if cur and #cur > 15 then
+        -- beyond exact doubles: let Redis add (int64) and read the result back as a string
+        redis.call('HINCRBY', key, field, string.format('%d', n))
+        values[field] = redis.call('HGET', key, field)
+      else
+        local v = string.format('%d', (cur and tonumber(cur) or 0) + n)
+        values[field] = v
+        changed[#changed + 1] = field
+        changed[#changed + 1] = v
+      end
     end
   end
-end
-for key, fields in pairs(maxima) do
-  for field, v in pairs(fields) do
-    local cur = redis.call('HGET', key, field)
-    if not cur or not int_ge(cur, v) then redis.call('HSET', key, field, v) end
-  end
-end
-for key, meters in pairs(latest) do
-  for meter, tv in pairs(meters) do
-    local cur_ts = tonumber(redis.call('HGET', key, meter .. ':t') or '-1')
-    if tv[1] >= cur_ts then
-      redis.call('HSET', key, meter .. ':v', tv[2], meter .. ':t', string.format('%d', tv[1]))
+  for field, v in pairs(maxima[key] or {}) do
+    local cur = values[field]
+    if not cur or not int_ge(cur, v) then
+      values[field] = v
+      changed[#changed + 1] = field
+      changed[#changed + 1] = v
     end
   end
-end
-for skey, m in pairs(members) do
-  for j = 1, #m, 5000 do
-    redis.call('SADD', skey, unpack(m, j, math.min(j + 4999, #m)))
+  for meter, tv in pairs(latest[key] or {}) do
+    local tfield = meter .. ':t'
+    if tv[1] >= tonumber(values[tfield] or '-1') then
+      local t = string.format('%d', tv[1])
+      values[meter .. ':v'], values[tfield] = tv[2], t
+      changed[#changed + 1] = meter .. ':v'
+      changed[#changed + 1] = tv[2]
+      changed[#changed + 1] = tfield
+      changed[#changed + 1] = t
+    end
   end
+  if #changed > 0 then call_chunked('HSET', key, changed) end
 end
-for wkey, _ in pairs(new_week) do
-  if redis.call('HLEN', wkey) > 12 then
+
+for skey, m in pairs(members) do call_chunked('SADD', skey, m) end
+
+for wkey, bumps in pairs(week_bumps) do
+  local created = false
+  for week, n in pairs(bumps) do
+    -- a week field just created: the only moment the 12-week window can overflow
+    if redis.call('HINCRBY', wkey, week, n) == n then created = true end
+  end
+  if created and redis.call('HLEN', wkey) > 12 then
     for _, w in ipairs(redis.call('HKEYS', wkey)) do
       if w < week_cutoff then redis.call('HDEL', wkey, w) end
     end
   end
 end
-if dedup_used then redis.call('EXPIRE', cur_dedup, ttl) end
+
 if max_offset > watermark then
   redis.call('HSET', wm_key, wm_field, string.format('%d', max_offset))
 end
 
--- Read back what trigger evaluation needs.
+-- 4. Read back what trigger evaluation needs.
 local periods = {}
 for _, period in ipairs(req.periods) do
+  local pkey = base .. 'p:' .. period
+  local values = read_hash(pkey)
+  update_hash(pkey, values)
   local uniq = {}
   for _, meter in ipairs(req.uniq) do
     uniq[#uniq + 1] = meter
     uniq[#uniq + 1] = redis.call('SCARD', base .. 'u:' .. meter .. ':' .. period)
   end
-  periods[#periods + 1] = {period, redis.call('HGETALL', base .. 'p:' .. period), uniq}
+  periods[#periods + 1] = {period, flatten(values), uniq}
+end
+local life = read_hash(life_key)
+update_hash(life_key, life)
+-- The planner puts each event's period in req.periods; should a caller not, its updates are
+-- still written (just not read back) rather than lost.
+for _, gathered in ipairs({deltas, maxima, latest}) do
+  for key, _ in pairs(gathered) do
+    if not updated[key] then update_hash(key, read_hash(key)) end
+  end
 end
 local weeks = {}
 for _, meter in ipairs(req.weeks) do
   weeks[#weeks + 1] = {meter, redis.call('HGETALL', base .. 'w:' .. meter)}
 end
 local marks = {}
-if #req.marks > 0 then marks = redis.call('HMGET', base .. 'fired', unpack(req.marks)) end
--- HMGET's nils would end the Lua array early: make them explicit empty strings
+if #req.marks > 0 then marks = hmget(base .. 'fired', req.marks) end
+-- HMGET's missing fields (false) become explicit empty strings
 for i = 1, #req.marks do if not marks[i] then marks[i] = '' end end
 
 return {table.concat(flags), redis.call('HGETALL', KEYS[1]), periods,
-        redis.call('HGETALL', life_key), weeks, marks, redis.call('LRANGE', base .. 'ob', 0, -1)}
+        flatten(life), weeks, marks, redis.call('LRANGE', base .. 'ob', 0, -1)}
