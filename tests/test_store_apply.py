@@ -1,0 +1,181 @@
+"""The apply script against a plain Python model, on the real Redis (hypothesis).
+
+The script gathers a call's updates in Lua doubles and writes each hash once; this checks
+that it stays exact where doubles stop being exact: sums past 15 digits, gathered deltas past
+2^52, stored values past 2^53, maxima compared as strings, `latest` ties, duplicates inside
+one call and across calls, and redeliveries (offsets at or below the watermark)."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from metering.settings import Settings
+from metering.state import pairs
+from metering.store import ApplyCall, Store
+
+METERS = {"calls": "c", "tokens": "s", "peak": "x", "users": "u", "plan_level": "l"}
+PERIODS = ["2026-10", "2026-11"]
+WEEKS = ["2026-W44", "2026-W45", "2026-W46"]
+
+small = st.integers(0, 10_000)
+mid = st.integers(10**14, 10**15 - 1)  # 15 digits: gathered, and past 2^52 in a few events
+big = st.integers(10**15, 2 * 10**17)  # 16+ digits: straight to HINCRBY
+amount = st.one_of(small, mid, big)
+
+
+@st.composite
+def update(draw: Any) -> tuple[str, str, str]:
+    meter = draw(st.sampled_from(sorted(METERS)))
+    op = METERS[meter]
+    if op == "c":
+        return (meter, op, "")
+    if op in ("s", "x"):
+        return (meter, op, str(draw(amount)))
+    if op == "u":
+        return (meter, op, draw(st.sampled_from(["u1", "u2", "u3", "ü4"])))
+    return (meter, op, str(draw(st.integers(0, 5))))
+
+
+@st.composite
+def event(draw: Any) -> tuple[str, str, str, int, list[tuple[str, str, str]]]:
+    return (
+        draw(st.sampled_from(["d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8", "d9"])),  # dup-prone ids
+        draw(st.sampled_from(PERIODS)),
+        draw(st.sampled_from(WEEKS)),
+        draw(st.integers(1_000, 1_004)),  # few distinct times: `latest` ties
+        draw(st.lists(update(), min_size=1, max_size=3)),
+    )
+
+
+@st.composite
+def calls(draw: Any) -> list[list[tuple[int, Any]]]:
+    """Calls of one (account, partition), each a run of offsets; a call may start at or
+    before the previous end (a redelivery)."""
+    out = []
+    next_offset = 0
+    for _ in range(draw(st.integers(1, 5))):
+        start = max(0, next_offset - draw(st.integers(0, 3)))
+        evs = draw(st.lists(event(), min_size=1, max_size=8))
+        out.append([(start + i, e) for i, e in enumerate(evs)])
+        next_offset = max(next_offset, start + len(evs))
+    return out
+
+
+class Model:
+    def __init__(self) -> None:
+        self.watermark = -1
+        self.seen: set[str] = set()
+        self.hashes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # period
+        self.maxima: dict[tuple[str, str], int] = {}
+        self.latest: dict[tuple[str, str], tuple[int, str]] = {}
+        self.sets: dict[tuple[str, str], set[str]] = defaultdict(set)
+        self.life: dict[str, int] = defaultdict(int)
+        self.weeks: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def apply(self, call: list[tuple[int, Any]]) -> str:
+        flags = ""
+        high = self.watermark
+        for offset, (digest, period, week, ts, ups) in call:
+            if offset <= self.watermark:
+                flags += "r"
+                continue
+            high = max(high, offset)
+            if digest in self.seen:
+                flags += "d"
+                continue
+            self.seen.add(digest)
+            flags += "1"
+            for meter, op, arg in ups:
+                self.hashes[period][f"{meter}:n"] += 1
+                self.weeks[meter][week] += 1
+                if op == "c":
+                    self.hashes[period][f"{meter}:v"] += 1
+                    self.life[meter] += 1
+                elif op == "s":
+                    self.hashes[period][f"{meter}:v"] += int(arg)
+                    self.life[meter] += int(arg)
+                else:
+                    self.life[meter] += 1
+                    if op == "x":
+                        self.maxima[(period, meter)] = max(self.maxima.get((period, meter), 0), int(arg))
+                    elif op == "u":
+                        self.sets[(period, meter)].add(arg)
+                    elif (period, meter) not in self.latest or ts >= self.latest[(period, meter)][0]:
+                        self.latest[(period, meter)] = (ts, arg)
+        self.watermark = high
+        return flags
+
+    def period_hash(self, period: str) -> dict[str, str]:
+        out = {f: str(v) for f, v in self.hashes[period].items()}
+        for (p, m), v in self.maxima.items():
+            if p == period:
+                out[f"{m}:v"] = str(v)
+        for (p, m), (ts, v) in self.latest.items():
+            if p == period:
+                out[f"{m}:v"], out[f"{m}:t"] = v, str(ts)
+        return out
+
+
+@pytest.fixture
+def store(services: dict[str, str]) -> Iterator[Store]:
+    prefix = "tsa" + uuid.uuid4().hex[:8]
+    s = Store(Settings(redis_url=services["redis"], key_prefix=prefix))  # type: ignore[arg-type]
+    yield s
+    r = redis.Redis.from_url(services["redis"])
+    for key in r.scan_iter(match=f"{prefix}*", count=1000):
+        r.delete(key)
+    r.close()
+    s.close()
+
+
+_NINES = str(10**15 - 1)  # the largest gathered value: 11 of them make an odd sum past 2^53
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=calls())
+# gathered deltas past 2^52 in one call
+@example(batches=[[(i, (f"d{i}", "2026-11", "2026-W45", 1, [("tokens", "s", _NINES)])) for i in range(11)]])
+# maxima of different lengths (compared as strings), a latest tie, a duplicate inside the call
+@example(
+    batches=[
+        [
+            (0, ("d1", "2026-11", "2026-W45", 1000, [("peak", "x", "999"), ("plan_level", "l", "1")])),
+            (1, ("d2", "2026-11", "2026-W45", 1000, [("peak", "x", "1000"), ("plan_level", "l", "2")])),
+            (2, ("d1", "2026-11", "2026-W45", 1001, [("peak", "x", "5000"), ("plan_level", "l", "3")])),
+        ]
+    ]
+)
+def test_apply_matches_the_model(store: Store, batches: list[list[tuple[int, Any]]]) -> None:
+    account = "acct-" + uuid.uuid4().hex[:8]  # a fresh account per example
+    model = Model()
+    now_ms = 1_795_000_000_000  # one dedup bucket for the whole example
+    for call in batches:
+        args = [(off, d, p, w, ts, ups) for off, (d, p, w, ts, ups) in call]
+        periods = sorted({a[2] for a in args})
+        res = store.apply(
+            [ApplyCall(account, "ev/0", args, periods, ["users"], ["calls"], [])], now_ms, "2026-W01"
+        )[0]
+        assert res.flags == model.apply(call)
+    read = ApplyCall(account, "__read__/0", (), PERIODS, ["users"], sorted(METERS), ())
+    res = store.apply([read], now_ms, "")[0]
+    for period, flat, uniq in res.periods:
+        p = period.decode()
+        assert _nonzero(pairs(flat)) == _nonzero(model.period_hash(p)), p
+        cards = dict(pairs([x if isinstance(x, bytes) else str(x) for x in uniq]))
+        assert int(cards["users"]) == len(model.sets[(p, "users")])
+    assert _nonzero(pairs(res.lifetime)) == _nonzero({m: str(v) for m, v in model.life.items()})
+    for meter, flat in res.weeks:
+        assert pairs(flat) == {w: str(n) for w, n in model.weeks[meter.decode()].items()}
+
+
+def _nonzero(fields: dict[str, str]) -> dict[str, str]:
+    """A sum that only ever added 0 has no field in Redis (absent reads as 0)."""
+    return {f: v for f, v in fields.items() if v != "0"}
