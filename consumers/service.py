@@ -35,7 +35,7 @@ from metering.batch import (
     BatchPlan,
     DeadLetter,
     Limits,
-    Record,
+    RecordLike,
     items_for,
     plan_batch,
 )
@@ -47,7 +47,7 @@ from metering.periods import delta_ms, weeks_back
 from metering.settings import Settings
 from metering.state import build_state, pairs
 from metering.store import ApplyResult, FireCall, Pending, Store, apply_results, fire_results
-from metering.subscriptions import from_store, to_store
+from metering.subscriptions import Subscription, from_store, to_store
 from metering.triggers import Candidate, TriggerEngine
 from rules.models import Catalog
 
@@ -59,11 +59,11 @@ log = logging.getLogger("metering.service")
 SLICE_RECORDS = 800
 
 
-def _slices(records: Sequence[Record], size: int) -> list[list[Record]]:
+def _slices(records: Sequence[RecordLike], size: int) -> list[list[RecordLike]]:
     """Consecutive runs of whole partitions of at least `size` records (a poll returns each
     partition's records together and in offset order)."""
-    out: list[list[Record]] = []
-    current: list[Record] = []
+    out: list[list[RecordLike]] = []
+    current: list[RecordLike] = []
     last: tuple[str, int] | None = None
     for rec in records:
         tp = (rec.topic, rec.partition)
@@ -101,6 +101,7 @@ class Service:
         self.retry = Retry(self.stop, self._dependency_failed, self._dependency_recovered)
         self._deps_ok = True
         self._assigned: set[TopicPartition] = set()
+        self._subscriptions: dict[tuple[bytes, ...], Subscription] = {}
         self.last_progress = time.monotonic()
         self.consumer: Any = None
         self.producer: Any = None
@@ -220,13 +221,10 @@ class Service:
         t0 = time.perf_counter()
         now_ms = int(self.clock() * 1000)
         events_topic = self.settings.topic_events
-        records = [
-            Record(r.topic, r.partition, r.offset, r.key, r.value, r.headers or ()) for r in raw_records
-        ]
-        usage = [r for r in records if r.topic == events_topic]
-        accounts = [r for r in records if r.topic != events_topic]
+        usage = [r for r in raw_records if r.topic == events_topic]
+        accounts = [r for r in raw_records if r.topic != events_topic]
         self.metrics.events_consumed.inc(len(usage))
-        self.metrics.batch_size.observe(len(records))
+        self.metrics.batch_size.observe(len(raw_records))
 
         dead = self._apply_subscriptions(accounts)
         # Slices overlap Redis with Python: a slice's apply script runs while the next slice is
@@ -267,7 +265,7 @@ class Service:
 
         return self.retry(what, attempt)
 
-    def _apply_subscriptions(self, records: Sequence[Record]) -> list[DeadLetter]:
+    def _apply_subscriptions(self, records: Sequence[RecordLike]) -> list[DeadLetter]:
         updates: list[tuple[str, dict[str, str]]] = []
         dead: list[DeadLetter] = []
         for rec in records:
@@ -316,8 +314,15 @@ class Service:
         cands: list[tuple[AccountBatch, list[Candidate]]] = []
         if not self.catalog.triggers:
             return calls, cands
+        subs = self._subscriptions
         for acct, res in zip(plan.accounts, results, strict=True):
-            sub = from_store(pairs(res.subscription), self.catalog)
+            # The stored state of busy accounts rarely changes: parsed once per distinct state.
+            raw_sub = tuple(res.subscription)
+            sub = subs.get(raw_sub)
+            if sub is None:
+                if len(subs) >= 100_000:
+                    subs.clear()
+                sub = subs[raw_sub] = from_store(pairs(raw_sub), self.catalog)
             state = build_state(
                 self.catalog,
                 acct.call.account,

@@ -4,24 +4,41 @@ that must be dead-lettered. Time is passed in (`now_ms`), never read here."""
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from metering.errors import BadEvent
 from metering.events import Event, decode_event
-from metering.meters import MeterIndex, from_micro
+from metering.meters import MeterIndex
 from metering.periods import DAY_MS, iso_week, period_of, period_start_ms
 from metering.store import ApplyCall, EventArg
 from metering.triggers import Item, TriggerEngine
 
 
+class RecordLike(Protocol):
+    """What the pipeline reads of a Kafka record: the client's ConsumerRecord as it comes
+    (no copy per record on the hot path), or a `Record` in tests and tools."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes | None]] | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
-    """What the pipeline needs of a Kafka record (kept free of the client's types)."""
+    """A plain record (tests, tools): satisfies RecordLike without the client's types."""
 
     topic: str
     partition: int
@@ -33,7 +50,7 @@ class Record:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    record: Record
+    record: RecordLike
     reason: str
     detail: str
 
@@ -63,7 +80,7 @@ def id_digest(source: str, event_id: str) -> str:
     """96-bit digest of the dedup identity (source, id): 16 bytes of key space per id in
     Redis instead of the full strings; a collision needs ~2^48 ids inside one account's window."""
     h = hashlib.blake2b(f"{source}\x00{event_id}".encode("utf-8", "surrogatepass"), digest_size=12)
-    return base64.b64encode(h.digest()).decode()
+    return binascii.b2a_base64(h.digest(), newline=False).decode()
 
 
 @dataclass(frozen=True)
@@ -101,26 +118,36 @@ class _Calendar:
 
 
 def plan_batch(
-    records: Sequence[Record], index: MeterIndex, engine: TriggerEngine, limits: Limits, now_ms: int
+    records: Sequence[RecordLike], index: MeterIndex, engine: TriggerEngine, limits: Limits, now_ms: int
 ) -> BatchPlan:
     groups: dict[tuple[str, str], AccountBatch] = {}
     pending: dict[tuple[str, str], tuple[list[Event], list[EventArg]]] = {}
     dead: list[DeadLetter] = []
     window = TimeWindow.at(now_ms, limits)
+    latest_ms, earliest_ms = window.latest_ms, window.earliest_ms or 0
     calendar = _Calendar()
+    updates_of, max_bytes = index.updates, limits.max_event_bytes
+    wm_fields: dict[tuple[str, int], str] = {}
     for rec in records:
         try:
-            event = decode_event(rec.value, rec.headers, limits.max_event_bytes)
-            window.check(event)
-            updates = index.updates(event)
+            event = decode_event(rec.value, rec.headers, max_bytes)
+            if not earliest_ms <= event.time_ms <= latest_ms:
+                window.check(event)  # raises with the reason (with late grace 0, any age is fine)
+            updates = updates_of(event)
         except BadEvent as exc:
             dead.append(DeadLetter(rec, exc.reason, exc.detail))
             continue
-        key = (event.account, f"{rec.topic}/{rec.partition}")
-        evs, args = pending.setdefault(key, ([], []))
-        evs.append(event)
+        tp = (rec.topic, rec.partition)
+        wm_field = wm_fields.get(tp)
+        if wm_field is None:
+            wm_field = wm_fields[tp] = f"{rec.topic}/{rec.partition}"
+        key = (event.account, wm_field)
+        group = pending.get(key)
+        if group is None:
+            group = pending[key] = ([], [])
+        group[0].append(event)
         period, week = calendar(event.time_ms)
-        args.append((rec.offset, id_digest(event.source, event.id), period, week, event.time_ms, updates))
+        group[1].append((rec.offset, id_digest(event.source, event.id), period, week, event.time_ms, updates))
     current = period_of(now_ms)
     uniq = [n for n, m in index.meters.items() if m.aggregation == "unique_count"]
     weeks = engine.week_meters()
@@ -135,26 +162,15 @@ def items_for(batch: AccountBatch, flags: str) -> list[Item]:
     """Events that trigger evaluation considers: all but duplicates (a redelivered event is
     kept, so a trigger lost to a crash before it was recorded is recreated)."""
     return [
-        Item(ev, arg[2], frozenset(u[0] for u in arg[5]), flag == "1", _amounts(arg[5]))
+        Item(ev, arg[2], frozenset([u[0] for u in arg[5]]), flag == "1", None, arg[5])
         for ev, arg, flag in zip(batch.events, batch.call.events, flags, strict=True)
         if flag != "d"
     ]
 
 
-def _amounts(updates: Sequence[tuple[str, str, str]]) -> dict[str, Decimal]:
-    """What an event adds to each count and sum meter (the additive ones)."""
-    out: dict[str, Decimal] = {}
-    for meter, op, arg in updates:
-        if op == "c":
-            out[meter] = Decimal(1)
-        elif op == "s":
-            out[meter] = from_micro(arg)
-    return out
-
-
 def dead_letter_headers(d: DeadLetter) -> list[tuple[str, bytes]]:
     """SPEC 4.3: the original headers plus the reason, detail and source coordinates."""
-    out: list[tuple[str, Any]] = [(k, v if v is not None else b"") for k, v in d.record.headers]
+    out: list[tuple[str, Any]] = [(k, v if v is not None else b"") for k, v in d.record.headers or ()]
     out += [
         ("error.reason", d.reason.encode()),
         ("error.detail", d.detail.encode("utf-8", "replace")[:1000]),

@@ -9,7 +9,7 @@ arithmetic exact (Lua numbers are doubles; Redis HINCRBY is int64).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -31,18 +31,39 @@ _MISSING = object()
 
 def lookup(event: Event, path: str) -> Any:
     """Dotted path into the event: `data.tokens`, `data.a.b`, or a top-level attribute."""
+    return getter(path)(event)
+
+
+def getter(path: str) -> Callable[[Event], Any]:
+    """`lookup` of one path, compiled once per meter instead of split once per event."""
     head, _, rest = path.partition(".")
-    if head == "data":
+    if head in ("subject", "source", "type", "id") and not rest:
+        attr = "account" if head == "subject" else head
+        return lambda event: getattr(event, attr)
+    if head != "data":
+        return lambda _event: _MISSING
+    parts = rest.split(".") if rest else []
+    if len(parts) == 1:
+        name = parts[0]
+
+        def one(event: Event) -> Any:
+            data = event.data
+            if type(data) is not dict:
+                return _MISSING
+            v = data.get(name, _MISSING)
+            return _MISSING if v is None else v
+
+        return one
+
+    def nested(event: Event) -> Any:
         node: Any = event.data
-    elif head in ("subject", "source", "type", "id") and not rest:
-        return event.account if head == "subject" else getattr(event, head)
-    else:
-        return _MISSING
-    for part in rest.split(".") if rest else ():
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return _MISSING if node is None else node
+        for part in parts:
+            if not isinstance(node, dict) or part not in node:
+                return _MISSING
+            node = node[part]
+        return _MISSING if node is None else node
+
+    return nested
 
 
 def quantity(raw: Any, meter: str) -> Decimal:
@@ -80,41 +101,60 @@ def from_micro(text: str | bytes | int) -> Decimal:
 
 
 class MeterIndex:
-    """The catalog's meters indexed by event type, built once per rules version."""
+    """The catalog's meters indexed by event type, each compiled once per rules version
+    into one function from an event to its update (or None when the filter rejects it)."""
 
     def __init__(self, catalog: Catalog) -> None:
         self.meters: Mapping[str, Meter] = catalog.meters
-        by_type: dict[str, list[tuple[str, Meter]]] = {}
+        by_type: dict[str, list[Callable[[Event], Update | None]]] = {}
         for name, meter in catalog.meters.items():
+            fn = _compile(name, meter)
             for etype in meter.event_type:
-                by_type.setdefault(etype, []).append((name, meter))
+                by_type.setdefault(etype, []).append(fn)
         self._by_type = by_type
 
     def updates(self, event: Event) -> list[Update]:
         """Every matching meter's update; BadEvent if a matching meter cannot read its value."""
         out: list[Update] = []
-        for name, meter in self._by_type.get(event.type, ()):
-            if meter.filter and not all(lookup(event, p) == v for p, v in meter.filter.items()):
-                continue
-            op = OP[meter.aggregation]
-            if op == "c":
-                out.append((name, op, ""))
-                continue
-            assert meter.value is not None  # the loader requires a value for these aggregations
-            raw = lookup(event, meter.value)
-            if raw is _MISSING:
-                raise BadEvent("bad_value", f"meter {name}: {meter.value} is missing")
-            if op == "u":
-                if isinstance(raw, bool) or not isinstance(raw, str | int):
-                    raise BadEvent("bad_value", f"meter {name}: {meter.value} must be a string or integer")
-                member = str(raw)
-                if not member or len(member.encode("utf-8", "surrogatepass")) > MAX_MEMBER_BYTES:
-                    raise BadEvent("bad_value", f"meter {name}: {meter.value} is empty or too long")
-                out.append((name, op, member))
-            elif op == "l":
-                out.append((name, op, str(quantity(raw, name))))
-            elif type(raw) is int and 0 <= raw <= _MAX_INT:
-                out.append((name, op, str(raw * SCALE)))  # integers: no Decimal round trip
-            else:
-                out.append((name, op, to_micro(quantity(raw, name))))
+        for fn in self._by_type.get(event.type, ()):
+            u = fn(event)
+            if u is not None:
+                out.append(u)
         return out
+
+
+def _compile(name: str, meter: Meter) -> Callable[[Event], Update | None]:
+    op = OP[meter.aggregation]
+    filters = [(getter(p), v) for p, v in (meter.filter or {}).items()]
+
+    def rejected(event: Event) -> bool:
+        return any(get(event) != v for get, v in filters)
+
+    if op == "c":
+        counted: Update = (name, op, "")
+        if not filters:
+            return lambda _event: counted
+        return lambda event: None if rejected(event) else counted
+    assert meter.value is not None  # the loader requires a value for these aggregations
+    value, path = getter(meter.value), meter.value
+
+    def update(event: Event) -> Update | None:
+        if filters and rejected(event):
+            return None
+        raw = value(event)
+        if raw is _MISSING:
+            raise BadEvent("bad_value", f"meter {name}: {path} is missing")
+        if op == "u":
+            if isinstance(raw, bool) or not isinstance(raw, str | int):
+                raise BadEvent("bad_value", f"meter {name}: {path} must be a string or integer")
+            member = str(raw)
+            if not member or len(member.encode("utf-8", "surrogatepass")) > MAX_MEMBER_BYTES:
+                raise BadEvent("bad_value", f"meter {name}: {path} is empty or too long")
+            return (name, op, member)
+        if op == "l":
+            return (name, op, str(quantity(raw, name)))
+        if type(raw) is int and 0 <= raw <= _MAX_INT:
+            return (name, op, str(raw * SCALE))  # integers: no Decimal round trip
+        return (name, op, to_micro(quantity(raw, name)))
+
+    return update

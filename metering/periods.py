@@ -43,12 +43,17 @@ def days_between(earlier_ms: int, later_ms: int) -> int:
     return int((later_ms - earlier_ms) // DAY_MS)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
 def parse_rfc3339(text: str) -> int:
-    """RFC 3339 timestamp with an offset -> epoch ms. Raises ValueError otherwise."""
+    """RFC 3339 timestamp with an offset -> epoch ms (floored; integer arithmetic, so
+    `.123Z` is 123 ms, never 122 from a float). Raises ValueError otherwise."""
     dt = datetime.fromisoformat(text)
-    if dt.tzinfo is None or dt.utcoffset() is None:
+    if dt.utcoffset() is None:
         raise ValueError("timestamp has no UTC offset")
-    return int(dt.timestamp() * 1000)
+    return (dt - _EPOCH) // _MS
 
 
 def format_rfc3339(ms: int) -> str:

@@ -40,33 +40,48 @@ class AccountState:
 
 def pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
     """A flat HGETALL reply (field, value, field, value, ...) as a dict of strings."""
-    it = iter(x.decode() if isinstance(x, bytes) else x for x in flat)
-    return dict(zip(it, it, strict=True))
+    text = [x.decode() if type(x) is bytes else str(x) for x in flat]
+    return dict(zip(text[::2], text[1::2], strict=True))
 
 
 def parse_period(
     catalog: Catalog, period: str, hash_flat: Sequence[bytes | str], uniques: Sequence[bytes | str | int]
 ) -> PeriodUsage:
-    raw = pairs(hash_flat)
     values: dict[str, Decimal] = {}
     counts: dict[str, int] = {}
-    for name, meter in catalog.meters.items():
-        n = raw.get(f"{name}:n")
-        if n is not None:
-            counts[name] = int(n)
-        v = raw.get(f"{name}:v")
-        if v is None:
-            continue
-        if meter.aggregation in ("sum", "max"):
-            values[name] = from_micro(v)
-        else:  # count, latest
-            values[name] = Decimal(v)
+    fields = _period_fields(catalog)
+    for f, v in pairs(hash_flat).items():
+        known = fields.get(f)
+        if known is None:
+            continue  # `<meter>:t` of a latest meter, or a meter no longer in the catalog
+        name, kind = known
+        if kind == "n":
+            counts[name] = int(v)
+        else:
+            values[name] = from_micro(v) if kind == "micro" else Decimal(v)
     it = iter(uniques)
     for meter_name, card in zip(it, it, strict=True):
         name = meter_name.decode() if isinstance(meter_name, bytes) else str(meter_name)
         if int(card):
             values[name] = Decimal(int(card))
     return PeriodUsage(period, values, counts)
+
+
+_FIELDS: dict[int, tuple[Catalog, dict[str, tuple[str, str]]]] = {}
+
+
+def _period_fields(catalog: Catalog) -> dict[str, tuple[str, str]]:
+    """Period hash field -> (meter, "n" | "micro" | "plain"), once per catalog: sums and
+    maxima are stored in micro-units, counts and latest values as plain numbers."""
+    hit = _FIELDS.get(id(catalog))
+    if hit is not None and hit[0] is catalog:
+        return hit[1]
+    table: dict[str, tuple[str, str]] = {}
+    for name, meter in catalog.meters.items():
+        table[f"{name}:n"] = (name, "n")
+        table[f"{name}:v"] = (name, "micro" if meter.aggregation in ("sum", "max") else "plain")
+    _FIELDS[id(catalog)] = (catalog, table)
+    return table
 
 
 def parse_lifetime(catalog: Catalog, hash_flat: Sequence[bytes | str]) -> dict[str, Decimal]:

@@ -9,10 +9,12 @@ lost before it was recorded; the fired marks make a second recording impossible.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 from metering.events import Event
+from metering.meters import from_micro
 from metering.periods import iso_week, weeks_back
 from metering.pricing import format_money, offer_for_feature, offer_for_limit, offer_upgrade, price_bill
 from metering.pricing.offers import Offer
@@ -31,19 +33,31 @@ from rules.models import (
 FEATURE_REQUESTED = "feature.requested"
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """A non-duplicate event of the batch, with the meters it matched and its period.
 
-    `applied` is False for a redelivered event (already counted by an earlier call);
-    `amounts` is what the event added to each count or sum meter, which lets a threshold
-    name the very event that crossed it."""
+    `applied` is False for a redelivered event (already counted by an earlier call). What
+    the event added to each count or sum meter (`amount`) lets a threshold name the very
+    event that crossed it; it is worked out from the event's meter updates only when a
+    threshold needs it (or given as `amounts`). A tuple: one is made per event per batch."""
 
     event: Event
     period: str
     meters: frozenset[str]
     applied: bool = True
-    amounts: Mapping[str, Decimal] = field(default_factory=dict)
+    amounts: Mapping[str, Decimal] | None = None
+    updates: Sequence[tuple[str, str, str]] = ()
+
+    def amount(self, meter: str) -> Decimal | None:
+        if self.amounts is not None:
+            return self.amounts.get(meter)
+        for name, op, arg in self.updates:
+            if name == meter:
+                if op == "c":
+                    return Decimal(1)
+                if op == "s":
+                    return from_micro(arg)
+        return None
 
 
 class Offers:
@@ -71,7 +85,7 @@ def _never(_field: str) -> bool:
     return False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Ctx:
     catalog: Catalog
     state: AccountState
@@ -146,11 +160,13 @@ def crossing(ctx: Ctx, meter: str, period: str, now: Decimal, threshold: Decimal
     the batch is the current one less what the batch applied, and the applied events are
     walked in order. Falls back to the newest event and the current value when the meter is
     not additive (max, latest, unique_count) or the level was already passed before."""
-    applied = [i for i in ctx.items if i.applied and i.period == period and meter in i.amounts]
-    value = now - sum((i.amounts[meter] for i in applied), Decimal(0))
+    steps = [
+        (i, a) for i in ctx.items if i.applied and i.period == period and (a := i.amount(meter)) is not None
+    ]
+    value = now - sum((a for _, a in steps), Decimal(0))
     if value < threshold:
-        for item in applied:
-            value += item.amounts[meter]
+        for item, a in steps:
+            value += a
             if value >= threshold:
                 return item.event.time_ms, value
     return ctx.latest(meter, period), now
