@@ -56,7 +56,7 @@ log = logging.getLogger("metering.service")
 # Records per slice of a batch (whole partitions): small enough that Redis has the first
 # slice's scripts to run while the next is planned, large enough that a slice's round trip
 # and per-call overhead stay small against its work.
-SLICE_RECORDS = 800
+SLICE_RECORDS = 250
 
 
 def _slices(records: Sequence[RecordLike], size: int) -> list[list[RecordLike]]:
@@ -102,6 +102,9 @@ class Service:
         self._deps_ok = True
         self._assigned: set[TopicPartition] = set()
         self._subscriptions: dict[tuple[bytes, ...], Subscription] = {}
+        self._weekly = self.engine.week_meters()  # the only meters whose weekly counts are read
+        # Offsets sent with commit_async and not yet confirmed: committed and waited for on close.
+        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
         self.last_progress = time.monotonic()
         self.consumer: Any = None
         self.producer: Any = None
@@ -207,6 +210,14 @@ class Service:
 
     def close(self) -> None:
         self.metrics.ready.set(0)
+        if self.consumer is not None and self._uncommitted:
+            offsets = {tp: om for tp, om in self._uncommitted.items() if tp in self._assigned}
+            try:
+                if offsets:
+                    self.consumer.commit(offsets=offsets)
+            except KafkaError as exc:  # redelivered to the next owner: harmless (watermarks)
+                log.warning("final commit failed: %s", exc)
+            self._uncommitted.clear()
         if self.consumer is not None:
             self.consumer.close(autocommit=False)  # leaves the group: partitions move at once
             self.consumer = None
@@ -281,7 +292,7 @@ class Service:
         return dead
 
     def _send_apply(self, plan: BatchPlan, now_ms: int, cutoff: str) -> Pending:
-        return self.store.send_apply([a.call for a in plan.accounts], now_ms, cutoff)
+        return self.store.send_apply([a.call for a in plan.accounts], now_ms, cutoff, self._weekly)
 
     def _apply_usage(self, plan: BatchPlan, pending: Pending, now_ms: int, cutoff: str) -> list[ApplyResult]:
         raw = self._await("applying usage", pending, lambda: self._send_apply(plan, now_ms, cutoff))
@@ -379,16 +390,38 @@ class Service:
             self.metrics.events_deadlettered.labels(d.reason).inc()
 
     def _commit(self, raw_records: Sequence[Any]) -> None:
+        """Commit without waiting for the broker: the batch is durable already (applied,
+        recorded, published), so a commit lost to a crash or a rebalance only redelivers
+        records the store skips by watermark. The last offsets are committed synchronously
+        on close."""
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for r in raw_records:
             tp = TopicPartition(r.topic, r.partition)
             if tp not in offsets or offsets[tp].offset <= r.offset:
                 offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+        self._uncommitted.update(offsets)
+        try:
+            self.consumer.commit_async(offsets=offsets, callback=self._committed)
+        except KafkaError as exc:  # no coordinator known yet, say: commit and wait instead
+            log.debug("asynchronous commit not sent (%s); committing synchronously", exc)
+            self._commit_now(offsets)
+
+    def _committed(self, offsets: dict[TopicPartition, OffsetAndMetadata], response: Any) -> None:
+        if isinstance(response, CommitFailedError):
+            # The group rebalanced: another member owns these partitions now and will
+            # redeliver from the last commit; the store's watermarks make that harmless.
+            log.warning("commit refused after a rebalance (records go to the new owner): %s", response)
+        elif isinstance(response, Exception):
+            log.warning("commit failed (the next batch's commit supersedes it): %s", response)
+        else:
+            for tp, om in offsets.items():
+                if tp in self._uncommitted and self._uncommitted[tp].offset <= om.offset:
+                    del self._uncommitted[tp]
+
+    def _commit_now(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         try:
             self.retry("committing offsets", lambda: self._commit_sync(offsets))
         except CommitFailedError as exc:
-            # The group rebalanced: another member owns these partitions now and will
-            # redeliver from the last commit; the store's watermarks make that harmless.
             log.warning("commit refused after a rebalance (records go to the new owner): %s", exc)
 
     def _commit_sync(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:

@@ -153,7 +153,10 @@ def plan_batch(
     weeks = engine.week_meters()
     for (account, wm_field), (evs, args) in pending.items():
         periods = sorted({a[2] for a in args} | {current})
-        call = ApplyCall(account, wm_field, args, periods, uniq, weeks, engine.mark_fields(evs))
+        # Weekly counts are read back only for a power-user meter this call moves (the
+        # only time power_user looks at them).
+        moved = [m for m in weeks if any(u[0] == m for a in args for u in a[5])] if weeks else weeks
+        call = ApplyCall(account, wm_field, args, periods, uniq, moved, engine.mark_fields(evs))
         groups[(account, wm_field)] = AccountBatch(call, evs)
     return BatchPlan(list(groups.values()), dead)
 

@@ -50,15 +50,17 @@ def parse_period(
     values: dict[str, Decimal] = {}
     counts: dict[str, int] = {}
     fields = _period_fields(catalog)
-    for f, v in pairs(hash_flat).items():
-        known = fields.get(f)
+    for i in range(0, len(hash_flat) - 1, 2):
+        known = fields.get(hash_flat[i])
         if known is None:
             continue  # `<meter>:t` of a latest meter, or a meter no longer in the catalog
         name, kind = known
+        v = hash_flat[i + 1]
         if kind == "n":
             counts[name] = int(v)
         else:
-            values[name] = from_micro(v) if kind == "micro" else Decimal(v)
+            text = v.decode() if type(v) is bytes else str(v)
+            values[name] = from_micro(text) if kind == "micro" else Decimal(text)
     it = iter(uniques)
     for meter_name, card in zip(it, it, strict=True):
         name = meter_name.decode() if isinstance(meter_name, bytes) else str(meter_name)
@@ -67,30 +69,39 @@ def parse_period(
     return PeriodUsage(period, values, counts)
 
 
-_FIELDS: dict[int, tuple[Catalog, dict[str, tuple[str, str]]]] = {}
+_FIELDS: dict[int, tuple[Catalog, dict[bytes | str, tuple[str, str]]]] = {}
 
 
-def _period_fields(catalog: Catalog) -> dict[str, tuple[str, str]]:
-    """Period hash field -> (meter, "n" | "micro" | "plain"), once per catalog: sums and
-    maxima are stored in micro-units, counts and latest values as plain numbers."""
+def _period_fields(catalog: Catalog) -> dict[bytes | str, tuple[str, str]]:
+    """Period hash field (bytes as Redis returns it, or str) -> (meter, "n" | "micro" |
+    "plain"), once per catalog: sums and maxima are stored in micro-units, counts and latest
+    values as plain numbers."""
     hit = _FIELDS.get(id(catalog))
     if hit is not None and hit[0] is catalog:
         return hit[1]
-    table: dict[str, tuple[str, str]] = {}
+    table: dict[bytes | str, tuple[str, str]] = {}
     for name, meter in catalog.meters.items():
-        table[f"{name}:n"] = (name, "n")
-        table[f"{name}:v"] = (name, "micro" if meter.aggregation in ("sum", "max") else "plain")
+        for f, kind in ((f"{name}:n", "n"), (f"{name}:v", _value_kind(meter.aggregation))):
+            table[f] = table[f.encode()] = (name, kind)
     _FIELDS[id(catalog)] = (catalog, table)
     return table
+
+
+def _value_kind(aggregation: str) -> str:
+    return "micro" if aggregation in ("sum", "max") else "plain"
 
 
 def parse_lifetime(catalog: Catalog, hash_flat: Sequence[bytes | str]) -> dict[str, Decimal]:
     """Lifetime totals: the sum for `sum` meters, the matching-event count for the others."""
     out: dict[str, Decimal] = {}
-    for name, v in pairs(hash_flat).items():
-        meter = catalog.meters.get(name)
+    meters = catalog.meters
+    for i in range(0, len(hash_flat) - 1, 2):
+        f, v = hash_flat[i], hash_flat[i + 1]
+        name = f.decode() if type(f) is bytes else str(f)
+        meter = meters.get(name)
         if meter is not None:
-            out[name] = from_micro(v) if meter.aggregation == "sum" else Decimal(v)
+            text = v.decode() if type(v) is bytes else str(v)
+            out[name] = from_micro(text) if meter.aggregation == "sum" else Decimal(text)
     return out
 
 

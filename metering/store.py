@@ -296,21 +296,35 @@ class Store:
 
     # -- usage ---------------------------------------------------------------------------
 
-    def apply(self, calls: Sequence[ApplyCall], now_ms: int, week_cutoff: str) -> list[ApplyResult]:
-        """Apply each account's events and read back its state; one round trip for all."""
-        return apply_results(self.send_apply(calls, now_ms, week_cutoff).result())
+    def apply(
+        self, calls: Sequence[ApplyCall], now_ms: int, week_cutoff: str, weekly: Sequence[str] = ()
+    ) -> list[ApplyResult]:
+        """Apply each account's events and read back its state; one round trip for all.
+        `weekly`: the meters whose ISO-week counts are kept."""
+        return apply_results(self.send_apply(calls, now_ms, week_cutoff, weekly).result())
 
-    def send_apply(self, calls: Sequence[ApplyCall], now_ms: int, week_cutoff: str) -> Pending:
+    def send_apply(
+        self, calls: Sequence[ApplyCall], now_ms: int, week_cutoff: str, weekly: Sequence[str] = ()
+    ) -> Pending:
         """`apply` without waiting: `apply_results(pending.result())` later."""
         if self.window_ms > 0:
             bucket, ttl = now_ms // self.window_ms, (2 * self.window_ms) // 1000 + 3600
         else:
             bucket, ttl = 0, 0
+        weekly_arg = " ".join(weekly)
 
         def args(c: ApplyCall) -> tuple[list[str], list[Any]]:
             base = self.base(c.account)
             req = {"ev": c.events, "periods": c.periods, "uniq": c.uniq, "weeks": c.weeks, "marks": c.marks}
-            return [base + keys.SUB], [base, c.wm_field, bucket, ttl, week_cutoff, orjson.dumps(req)]
+            return [base + keys.SUB], [
+                base,
+                c.wm_field,
+                bucket,
+                ttl,
+                week_cutoff,
+                orjson.dumps(req),
+                weekly_arg,
+            ]
 
         return self.send("apply", calls, args)
 

@@ -7,6 +7,8 @@
 -- ARGV[2]  watermark field "<topic>/<partition>"
 -- ARGV[3]  dedup bucket index (floor(now / window)); ARGV[4] bucket TTL seconds; "0" = no dedup
 -- ARGV[5]  oldest ISO week to keep in the weekly counts ("2026-W35")
+-- ARGV[7]  the meters whose ISO-week counts are kept, space-separated (the power-user
+--          meters: nothing else reads weekly counts)
 -- ARGV[6]  JSON request: {"ev": [[offset, id_digest, period, week, ts_ms, [[meter, op, arg], ...]], ...],
 --                         "periods": [...], "uniq": [...], "weeks": [...], "marks": [...]}
 --
@@ -36,6 +38,8 @@ local bucket = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local week_cutoff = ARGV[5]
 local req = cjson.decode(ARGV[6])
+local weekly = {}
+for meter in string.gmatch(ARGV[7] or '', '%S+') do weekly[meter] = true end
 
 local wm_key = base .. 'wm'
 local life_key = base .. 'life'
@@ -145,8 +149,10 @@ for i = 1, #events do
     for _, u in ipairs(ups) do
       local meter, op, arg = u[1], u[2], u[3]
       add(pkey, meter .. ':n', 1)
-      local wb = sub_table(week_bumps, base .. 'w:' .. meter)
-      wb[week] = (wb[week] or 0) + 1
+      if weekly[meter] then
+        local wb = sub_table(week_bumps, base .. 'w:' .. meter)
+        wb[week] = (wb[week] or 0) + 1
+      end
       if op == 'c' then
         add(pkey, meter .. ':v', 1)
         add(life_key, meter, 1)

@@ -47,8 +47,9 @@ class TriggerEngine:
         def known(field: str) -> bool:
             return (account, field) in fired
 
+        ctx = Ctx(self.catalog, state, items, self.default_topic, self._offers, known)
         for rule in self.catalog.triggers:
-            ctx = Ctx(self.catalog, state, items, rule.topic or self.default_topic, self._offers, known)
+            ctx.topic = rule.topic or self.default_topic
             for c in evaluate_rule(ctx, rule):
                 if c.field not in out:
                     out[c.field] = c

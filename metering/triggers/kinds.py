@@ -9,7 +9,7 @@ lost before it was recorded; the fired marks make a second recording impossible.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import NamedTuple
 
@@ -95,9 +95,14 @@ class Ctx:
     # True for a once-only scope known to have fired already: skipped before any work.
     known: Callable[[str], bool] = _never
 
+    _touched: dict[str, set[str]] = field(default_factory=dict, init=False, repr=False)
+
     def touched(self, period: str) -> set[str]:
-        """Meters that this batch's events matched in `period`."""
-        return {m for i in self.items if i.period == period for m in i.meters}
+        """Meters that this batch's events matched in `period` (worked out once per batch)."""
+        hit = self._touched.get(period)
+        if hit is None:
+            hit = self._touched[period] = {m for i in self.items if i.period == period for m in i.meters}
+        return hit
 
     @property
     def account(self) -> str:
