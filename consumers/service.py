@@ -457,6 +457,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # Nothing is in flight here: a batch is committed before the next poll, and the
         # listener runs inside poll.
         self.service._assigned.difference_update(revoked)
+        for tp in revoked:  # the next owner commits from here on; never move it back on close
+            self.service._uncommitted.pop(tp, None)
         for tp in revoked:
             with contextlib.suppress(KeyError):
                 self.service.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
