@@ -17,9 +17,10 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from metering.errors import StoreUnavailable
 from metering.settings import Settings
 from metering.state import pairs
-from metering.store import ApplyCall, Store
+from metering.store import ApplyCall, Store, apply_results
 
 METERS = {"calls": "c", "tokens": "s", "peak": "x", "users": "u", "plan_level": "l"}
 PERIODS = ["2026-10", "2026-11"]
@@ -185,3 +186,54 @@ def test_apply_matches_the_model(store: Store, batches: list[list[tuple[int, Any
 def _nonzero(fields: dict[str, str]) -> dict[str, str]:
     """A sum that only ever added 0 has no field in Redis (absent reads as 0)."""
     return {f: v for f, v in fields.items() if v != "0"}
+
+
+def _one_event_call(account: str, offset: int, digest: str) -> ApplyCall:
+    ev = (offset, digest, "2026-11", "2026-W45", 1, [("calls", "c", "")])
+    return ApplyCall(account, "ev/0", [ev], ["2026-11"], [], [], [])
+
+
+def _calls_total(store: Store, account: str) -> str:
+    res = store.apply([ApplyCall(account, "__read__/0", (), ["2026-11"], [], [], ())], 0, "")[0]
+    return pairs(res.periods[0][1]).get("calls:v", "0")
+
+
+def test_calls_in_flight_survive_a_script_cache_flush(
+    store: Store,
+    redis_client: redis.Redis,  # type: ignore[type-arg]
+) -> None:
+    """SCRIPT FLUSH (or a Redis restart) between sends: the refused calls are loaded and sent
+    again, in order, and each event is counted once."""
+    account = "acct-" + uuid.uuid4().hex[:8]
+    first = store.send_apply([_one_event_call(account, 0, "a")], 1_795_000_000_000, "")
+    redis_client.script_flush()
+    second = store.send_apply([_one_event_call(account, 1, "b")], 1_795_000_000_000, "")
+    assert [r.flags for r in apply_results(first.result())] == ["1"]
+    assert [r.flags for r in apply_results(second.result())] == ["1"]
+    assert _calls_total(store, account) == "2"
+
+
+def test_a_killed_connection_fails_every_call_in_flight_and_a_resend_is_exact(
+    store: Store,
+    redis_client: redis.Redis,  # type: ignore[type-arg]
+) -> None:
+    """The connection dies with calls sent and not yet run: each fails as retriable
+    (StoreUnavailable) and sending it again counts every event once."""
+    account = "acct-" + uuid.uuid4().hex[:8]
+    calls = [_one_event_call(account, i, f"k{i}") for i in range(3)]
+    assert apply_results(store.send_apply(calls[:1], 1_795_000_000_000, "").result())[0].flags == "1"
+    redis_client.execute_command("CLIENT", "PAUSE", 5000, "WRITE")  # scripts wait, CLIENT KILL not
+    try:
+        pending = [store.send_apply([c], 1_795_000_000_000, "") for c in calls[1:]]
+        host, port = store._conn._sock.getsockname()[:2]  # the ordered connection, by its address
+        ours = [c for c in redis_client.client_list() if c.get("addr") == f"{host}:{port}"]
+        assert ours, "the store's connection is listed"
+        redis_client.client_kill_filter(_id=ours[0]["id"])
+    finally:
+        redis_client.execute_command("CLIENT", "UNPAUSE")
+    for p in pending:
+        with pytest.raises(StoreUnavailable):
+            p.result()
+    for c in calls[1:]:
+        assert apply_results(store.send_apply([c], 1_795_000_000_000, "").result())[0].flags == "1"
+    assert _calls_total(store, account) == "3"
