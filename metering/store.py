@@ -181,7 +181,10 @@ class Store:
                 commands.append(("EVALSHA", sha, len(k), *k, *a))
             try:
                 conn = self._connection()
-                conn.send_packed_command(conn.pack_commands(commands))
+                # redis-py's idle health check sends a PING and reads a reply: with calls in
+                # flight it would read one of theirs (and, failing, reconnect under them), so
+                # it runs only when nothing is in flight.
+                conn.send_packed_command(conn.pack_commands(commands), check_health=not self._inflight)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 self._lost(StoreUnavailable(f"redis: {exc}"))
                 pending.error = StoreUnavailable(f"redis: {exc}")

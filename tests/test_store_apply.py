@@ -237,3 +237,16 @@ def test_a_killed_connection_fails_every_call_in_flight_and_a_resend_is_exact(
     for c in calls[1:]:
         assert apply_results(store.send_apply([c], 1_795_000_000_000, "").result())[0].flags == "1"
     assert _calls_total(store, account) == "3"
+
+
+def test_an_idle_health_check_never_reads_a_reply_in_flight(store: Store) -> None:
+    """After an idle spell redis-py PINGs before a send; with a call in flight that PING would
+    take the call's reply. Replies must still reach their own calls."""
+    a, b = "acct-" + uuid.uuid4().hex[:8], "acct-" + uuid.uuid4().hex[:8]
+    store.apply([_one_event_call(a, 0, "x")], 1_795_000_000_000, "")  # the connection exists
+    first = store.send_apply([_one_event_call(a, 1, "y")], 1_795_000_000_000, "")
+    store._conn.next_health_check = 0  # as if idle past the health-check interval
+    second = store.send_apply([_one_event_call(b, 0, "z")], 1_795_000_000_000, "")
+    assert apply_results(first.result())[0].flags == "1"
+    assert apply_results(second.result())[0].flags == "1"
+    assert (_calls_total(store, a), _calls_total(store, b)) == ("2", "1")
