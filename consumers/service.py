@@ -24,19 +24,21 @@ from typing import Any
 
 from kafka import TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError, SaslAuthenticationFailedError
-from kafka.structs import OffsetAndMetadata
+from kafka.errors import KafkaError, SaslAuthenticationFailedError
 
 from consumers import kafka_io
+from consumers.offsets import Committer
 from consumers.policy import Retry, Stopping
 from consumers.publish import AuthFailureWatch, kind_of, publish
 from metering.batch import (
+    SLICE_RECORDS,
     AccountBatch,
     BatchPlan,
     DeadLetter,
     Limits,
     RecordLike,
     items_for,
+    partition_slices,
     plan_batch,
 )
 from metering.errors import DEAD_LETTER_REASONS, BadEvent, BrokerUnavailable, ConfigError
@@ -52,29 +54,6 @@ from metering.triggers import Candidate, TriggerEngine
 from rules.models import Catalog
 
 log = logging.getLogger("metering.service")
-
-# Records per slice of a batch (whole partitions): small enough that Redis has the first
-# slice's scripts to run while the next is planned, large enough that a slice's round trip
-# and per-call overhead stay small against its work.
-SLICE_RECORDS = 250
-
-
-def _slices(records: Sequence[RecordLike], size: int) -> list[list[RecordLike]]:
-    """Consecutive runs of whole partitions of at least `size` records (a poll returns each
-    partition's records together and in offset order)."""
-    out: list[list[RecordLike]] = []
-    current: list[RecordLike] = []
-    last: tuple[str, int] | None = None
-    for rec in records:
-        tp = (rec.topic, rec.partition)
-        if tp != last and len(current) >= size:
-            out.append(current)
-            current = []
-        last = tp
-        current.append(rec)
-    if current:
-        out.append(current)
-    return out
 
 
 class Service:
@@ -103,8 +82,7 @@ class Service:
         self._assigned: set[TopicPartition] = set()
         self._subscriptions: dict[tuple[bytes, ...], Subscription] = {}
         self._weekly = self.engine.week_meters()  # the only meters whose weekly counts are read
-        # Offsets sent with commit_async and not yet confirmed: committed and waited for on close.
-        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
+        self.offsets = Committer(self.retry)
         self.last_progress = time.monotonic()
         self.consumer: Any = None
         self.producer: Any = None
@@ -210,15 +188,8 @@ class Service:
 
     def close(self) -> None:
         self.metrics.ready.set(0)
-        if self.consumer is not None and self._uncommitted:
-            offsets = {tp: om for tp, om in self._uncommitted.items() if tp in self._assigned}
-            try:
-                if offsets:
-                    self.consumer.commit(offsets=offsets)
-            except KafkaError as exc:  # redelivered to the next owner: harmless (watermarks)
-                log.warning("final commit failed: %s", exc)
-            self._uncommitted.clear()
         if self.consumer is not None:
+            self.offsets.close(self.consumer, self._assigned)
             self.consumer.close(autocommit=False)  # leaves the group: partitions move at once
             self.consumer = None
         if self.producer is not None:
@@ -244,7 +215,7 @@ class Service:
         # watermark, and a call redone after a lost connection cannot land behind a later one.
         cutoff = weeks_back(now_ms, 12)[-1]
         applying: list[tuple[BatchPlan, Pending]] = []
-        for part in _slices(usage, SLICE_RECORDS):
+        for part in partition_slices(usage, SLICE_RECORDS):
             plan = plan_batch(part, self.index, self.engine, self.limits, now_ms)
             dead += plan.dead
             applying.append((plan, self._send_apply(plan, now_ms, cutoff)))
@@ -261,7 +232,7 @@ class Service:
             # outbox seen for an account is the freshest (entries left by a crash included).
             outboxes.update(self._fired(cands, calls, pending))
         self._publish(outboxes, dead)
-        self._commit(raw_records)
+        self.offsets.commit(self.consumer, raw_records)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         self._observe_lag()
 
@@ -389,51 +360,6 @@ class Service:
         for d in dead:
             self.metrics.events_deadlettered.labels(d.reason).inc()
 
-    def _commit(self, raw_records: Sequence[Any]) -> None:
-        """Commit without waiting for the broker: the batch is durable already (applied,
-        recorded, published), so a commit lost to a crash or a rebalance only redelivers
-        records the store skips by watermark. The last offsets are committed synchronously
-        on close."""
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for r in raw_records:
-            tp = TopicPartition(r.topic, r.partition)
-            if tp not in offsets or offsets[tp].offset <= r.offset:
-                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
-        self._uncommitted.update(offsets)
-        try:
-            self.consumer.commit_async(offsets=offsets, callback=self._committed)
-        except KafkaError as exc:  # no coordinator known yet, say: commit and wait instead
-            log.debug("asynchronous commit not sent (%s); committing synchronously", exc)
-            self._commit_now(offsets)
-
-    def _committed(self, offsets: dict[TopicPartition, OffsetAndMetadata], response: Any) -> None:
-        if isinstance(response, CommitFailedError):
-            # The group rebalanced: another member owns these partitions now and will
-            # redeliver from the last commit; the store's watermarks make that harmless.
-            log.warning("commit refused after a rebalance (records go to the new owner): %s", response)
-        elif isinstance(response, Exception):
-            log.warning("commit failed (the next batch's commit supersedes it): %s", response)
-        else:
-            for tp, om in offsets.items():
-                if tp in self._uncommitted and self._uncommitted[tp].offset <= om.offset:
-                    del self._uncommitted[tp]
-
-    def _commit_now(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        try:
-            self.retry("committing offsets", lambda: self._commit_sync(offsets))
-        except CommitFailedError as exc:
-            log.warning("commit refused after a rebalance (records go to the new owner): %s", exc)
-
-    def _commit_sync(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        try:
-            self.consumer.commit(offsets=offsets)
-        except CommitFailedError:
-            raise
-        except KafkaError as exc:
-            if getattr(exc, "retriable", False):
-                raise BrokerUnavailable(f"commit: {exc}") from exc
-            raise
-
     def _observe_lag(self) -> None:
         if self.consumer is None:
             return
@@ -457,8 +383,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # Nothing is in flight here: a batch is committed before the next poll, and the
         # listener runs inside poll.
         self.service._assigned.difference_update(revoked)
-        for tp in revoked:  # the next owner commits from here on; never move it back on close
-            self.service._uncommitted.pop(tp, None)
+        self.service.offsets.revoked(revoked)
         for tp in revoked:
             with contextlib.suppress(KeyError):
                 self.service.metrics.consumer_lag.remove(tp.topic, str(tp.partition))

@@ -117,6 +117,30 @@ class _Calendar:
         return hit
 
 
+# Records per slice of a batch (whole partitions): small enough that Redis has the first
+# slice's scripts to run while the next is planned, large enough that a slice's round trip
+# and per-call overhead stay small against its work.
+SLICE_RECORDS = 250
+
+
+def partition_slices(records: Sequence[RecordLike], size: int) -> list[list[RecordLike]]:
+    """Consecutive runs of whole partitions of at least `size` records (a poll returns each
+    partition's records together and in offset order)."""
+    out: list[list[RecordLike]] = []
+    current: list[RecordLike] = []
+    last: tuple[str, int] | None = None
+    for rec in records:
+        tp = (rec.topic, rec.partition)
+        if tp != last and len(current) >= size:
+            out.append(current)
+            current = []
+        last = tp
+        current.append(rec)
+    if current:
+        out.append(current)
+    return out
+
+
 def plan_batch(
     records: Sequence[RecordLike], index: MeterIndex, engine: TriggerEngine, limits: Limits, now_ms: int
 ) -> BatchPlan:

@@ -7,8 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumers.service import _slices
-from metering.batch import Record
+from metering.batch import Record, partition_slices
 
 
 @given(
@@ -26,7 +25,7 @@ def test_slices_keep_partitions_whole_and_in_order(runs: list[tuple[str, int, in
             continue
         seen.add((topic, part))
         records += [Record(topic, part, off, None, b"{}", ()) for off in range(n)]
-    out = _slices(records, size)
+    out = partition_slices(records, size)
     assert [r for s in out for r in s] == records
     owners: dict[tuple[str, int], int] = {}
     for i, s in enumerate(out):
