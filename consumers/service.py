@@ -41,7 +41,7 @@ from metering.batch import (
     partition_slices,
     plan_batch,
 )
-from metering.errors import DEAD_LETTER_REASONS, BadEvent, BrokerUnavailable, ConfigError
+from metering.errors import DEAD_LETTER_REASONS, BadEvent, BrokerUnavailable, ConfigError, TransientError
 from metering.events import decode_event
 from metering.meters import MeterIndex
 from metering.metrics import Metrics
@@ -218,32 +218,36 @@ class Service:
         for part in partition_slices(usage, SLICE_RECORDS):
             plan = plan_batch(part, self.index, self.engine, self.limits, now_ms)
             dead += plan.dead
-            applying.append((plan, self._send_apply(plan, now_ms, cutoff)))
-        firing: list[tuple[list[tuple[AccountBatch, list[Candidate]]], list[FireCall], Pending]] = []
+            calls = [a.call for a in plan.accounts]
+            applying.append((plan, self.store.send_apply(calls, now_ms, cutoff, self._weekly)))
+        firing: list[tuple[list[tuple[AccountBatch, list[Candidate]]], Pending]] = []
         outboxes: dict[str, list[bytes]] = {}
         for plan, pending in applying:
-            results = self._apply_usage(plan, pending, now_ms, cutoff)
+            results = self._apply_usage(plan, pending, now_ms)
             for acct, res in zip(plan.accounts, results, strict=True):
                 outboxes[acct.call.account] = list(res.outbox)
-            calls, cands = self._evaluate(plan, results)
-            firing.append((cands, calls, self.store.send_fire(calls)))
-        for cands, calls, pending in firing:
+            fire_calls, cands = self._evaluate(plan, results)
+            firing.append((cands, self.store.send_fire(fire_calls)))
+        for cands, pending in firing:
             # Replies come in send order, and every fire runs after every apply: the last
             # outbox seen for an account is the freshest (entries left by a crash included).
-            outboxes.update(self._fired(cands, calls, pending))
+            outboxes.update(self._fired(cands, pending))
         self._publish(outboxes, dead)
         self.offsets.commit(self.consumer, raw_records)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         self._observe_lag()
 
-    def _await(self, what: str, pending: Pending, again: Callable[[], Pending]) -> list[Any]:
-        """A sent call's replies; after a transient failure the call is sent again (every
-        script is idempotent) under the retry policy."""
-        first = [pending]
+    def _await(self, what: str, pending: Pending) -> list[Any]:
+        """A sent call's replies; after a transient failure the call is sent again under the
+        retry policy."""
+        current = [pending]
 
         def attempt() -> list[Any]:
-            p = first.pop() if first else again()
-            return p.result()
+            try:
+                return current[0].result()
+            except TransientError:
+                current[0] = current[0].resend()
+                raise
 
         return self.retry(what, attempt)
 
@@ -262,12 +266,8 @@ class Service:
                 self.metrics.account_updates.labels("applied" if a else "stale").inc()
         return dead
 
-    def _send_apply(self, plan: BatchPlan, now_ms: int, cutoff: str) -> Pending:
-        return self.store.send_apply([a.call for a in plan.accounts], now_ms, cutoff, self._weekly)
-
-    def _apply_usage(self, plan: BatchPlan, pending: Pending, now_ms: int, cutoff: str) -> list[ApplyResult]:
-        raw = self._await("applying usage", pending, lambda: self._send_apply(plan, now_ms, cutoff))
-        results = apply_results(raw)
+    def _apply_usage(self, plan: BatchPlan, pending: Pending, now_ms: int) -> list[ApplyResult]:
+        results = apply_results(self._await("applying usage", pending))
         processed = dup = redelivered = 0
         lags: list[int] = []
         for acct, res in zip(plan.accounts, results, strict=True):
@@ -296,15 +296,8 @@ class Service:
         cands: list[tuple[AccountBatch, list[Candidate]]] = []
         if not self.catalog.triggers:
             return calls, cands
-        subs = self._subscriptions
         for acct, res in zip(plan.accounts, results, strict=True):
-            # The stored state of busy accounts rarely changes: parsed once per distinct state.
-            raw_sub = tuple(res.subscription)
-            sub = subs.get(raw_sub)
-            if sub is None:
-                if len(subs) >= 100_000:
-                    subs.clear()
-                sub = subs[raw_sub] = from_store(pairs(raw_sub), self.catalog)
+            sub = self._subscription(res.subscription)
             state = build_state(
                 self.catalog,
                 acct.call.account,
@@ -326,12 +319,21 @@ class Service:
                 cands.append((acct, found))
         return calls, cands
 
+    def _subscription(self, flat: Sequence[bytes]) -> Subscription:
+        """The stored state of busy accounts rarely changes: parsed once per distinct state."""
+        key = tuple(flat)
+        sub = self._subscriptions.get(key)
+        if sub is None:
+            if len(self._subscriptions) >= 100_000:
+                self._subscriptions.clear()
+            sub = self._subscriptions[key] = from_store(pairs(key), self.catalog)
+        return sub
+
     def _fired(
-        self, cands: Sequence[tuple[AccountBatch, list[Candidate]]], calls: list[FireCall], pending: Pending
+        self, cands: Sequence[tuple[AccountBatch, list[Candidate]]], pending: Pending
     ) -> dict[str, list[bytes]]:
         """Per account with candidates, its outbox as the fire script that recorded them left it."""
-        raw = self._await("recording triggers", pending, lambda: self.store.send_fire(calls))
-        replies = fire_results(raw)
+        replies = fire_results(self._await("recording triggers", pending))
         outboxes: dict[str, list[bytes]] = {}
         for (acct, found), (_flags, outbox) in zip(cands, replies, strict=True):
             self.engine.recorded(acct.call.account, found)

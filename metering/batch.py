@@ -189,7 +189,7 @@ def items_for(batch: AccountBatch, flags: str) -> list[Item]:
     """Events that trigger evaluation considers: all but duplicates (a redelivered event is
     kept, so a trigger lost to a crash before it was recorded is recreated)."""
     return [
-        Item(ev, arg[2], frozenset([u[0] for u in arg[5]]), flag == "1", None, arg[5])
+        Item(ev, arg[2], frozenset([u[0] for u in arg[5]]), flag == "1", arg[5])
         for ev, arg, flag in zip(batch.events, batch.call.events, flags, strict=True)
         if flag != "d"
     ]

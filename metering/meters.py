@@ -29,13 +29,9 @@ Update = tuple[str, str, str]
 _MISSING = object()
 
 
-def lookup(event: Event, path: str) -> Any:
-    """Dotted path into the event: `data.tokens`, `data.a.b`, or a top-level attribute."""
-    return getter(path)(event)
-
-
 def getter(path: str) -> Callable[[Event], Any]:
-    """`lookup` of one path, compiled once per meter instead of split once per event."""
+    """The reader of a dotted path into an event (`data.tokens`, `data.a.b`, or a top-level
+    attribute), compiled once per meter instead of split once per event."""
     head, _, rest = path.partition(".")
     if head in ("subject", "source", "type", "id") and not rest:
         attr = "account" if head == "subject" else head

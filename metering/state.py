@@ -38,9 +38,13 @@ class AccountState:
     marks: Mapping[str, str]  # requested fired-mark fields -> mark ("" = never fired)
 
 
+def _text(x: bytes | str | int) -> str:
+    return x.decode() if type(x) is bytes else str(x)
+
+
 def pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
     """A flat HGETALL reply (field, value, field, value, ...) as a dict of strings."""
-    text = [x.decode() if type(x) is bytes else str(x) for x in flat]
+    text = [_text(x) for x in flat]
     return dict(zip(text[::2], text[1::2], strict=True))
 
 
@@ -55,15 +59,14 @@ def parse_period(
         if known is None:
             continue  # `<meter>:t` of a latest meter, or a meter no longer in the catalog
         name, kind = known
-        v = hash_flat[i + 1]
+        v = _text(hash_flat[i + 1])
         if kind == "n":
             counts[name] = int(v)
         else:
-            text = v.decode() if type(v) is bytes else str(v)
-            values[name] = from_micro(text) if kind == "micro" else Decimal(text)
+            values[name] = from_micro(v) if kind == "micro" else Decimal(v)
     it = iter(uniques)
     for meter_name, card in zip(it, it, strict=True):
-        name = meter_name.decode() if isinstance(meter_name, bytes) else str(meter_name)
+        name = _text(meter_name)
         if int(card):
             values[name] = Decimal(int(card))
     return PeriodUsage(period, values, counts)
@@ -81,14 +84,11 @@ def _period_fields(catalog: Catalog) -> dict[bytes | str, tuple[str, str]]:
         return hit[1]
     table: dict[bytes | str, tuple[str, str]] = {}
     for name, meter in catalog.meters.items():
-        for f, kind in ((f"{name}:n", "n"), (f"{name}:v", _value_kind(meter.aggregation))):
+        value_kind = "micro" if meter.aggregation in ("sum", "max") else "plain"
+        for f, kind in ((f"{name}:n", "n"), (f"{name}:v", value_kind)):
             table[f] = table[f.encode()] = (name, kind)
     _FIELDS[id(catalog)] = (catalog, table)
     return table
-
-
-def _value_kind(aggregation: str) -> str:
-    return "micro" if aggregation in ("sum", "max") else "plain"
 
 
 def parse_lifetime(catalog: Catalog, hash_flat: Sequence[bytes | str]) -> dict[str, Decimal]:
@@ -96,11 +96,10 @@ def parse_lifetime(catalog: Catalog, hash_flat: Sequence[bytes | str]) -> dict[s
     out: dict[str, Decimal] = {}
     meters = catalog.meters
     for i in range(0, len(hash_flat) - 1, 2):
-        f, v = hash_flat[i], hash_flat[i + 1]
-        name = f.decode() if type(f) is bytes else str(f)
+        name = _text(hash_flat[i])
         meter = meters.get(name)
         if meter is not None:
-            text = v.decode() if type(v) is bytes else str(v)
+            text = _text(hash_flat[i + 1])
             out[name] = from_micro(text) if meter.aggregation == "sum" else Decimal(text)
     return out
 
@@ -122,12 +121,8 @@ def build_state(
     """AccountState from the apply script's read-back (see metering/lua/apply.lua)."""
     parsed = {}
     for period, flat, uniq in periods:
-        name = period.decode() if isinstance(period, bytes) else str(period)
+        name = _text(period)  # type: ignore[arg-type]
         parsed[name] = parse_period(catalog, name, flat, uniq)  # type: ignore[arg-type]
-    week_map = {}
-    for meter, flat in weeks:
-        week_map[meter.decode() if isinstance(meter, bytes) else str(meter)] = parse_weeks(flat)  # type: ignore[arg-type]
-    mark_map = {
-        f: (m.decode() if isinstance(m, bytes) else m) for f, m in zip(mark_fields, marks, strict=True)
-    }
+    week_map = {_text(meter): parse_weeks(flat) for meter, flat in weeks}  # type: ignore[arg-type]
+    mark_map = {f: _text(m) for f, m in zip(mark_fields, marks, strict=True)}
     return AccountState(account, subscription, parsed, parse_lifetime(catalog, life), week_map, mark_map)

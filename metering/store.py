@@ -90,6 +90,10 @@ class Pending:
         self.raw: list[Any] | None = None
         self.error: Exception | None = None
 
+    def resend(self) -> Pending:
+        """The same calls sent again (after a transient failure: every script is idempotent)."""
+        return self.store.send(self.script, self.calls, self.args)
+
     def result(self) -> list[Any]:
         if self.raw is None and self.error is None:
             self.store._wait(self)
@@ -151,11 +155,6 @@ class Store:
         finally:
             if self.metrics is not None:
                 self.metrics.redis_seconds.labels(script).observe(time.perf_counter() - t0)
-
-    def _pipeline(
-        self, script: str, calls: Sequence[T], args: Callable[[T], tuple[list[str], list[Any]]]
-    ) -> list[Any]:
-        return self.send(script, calls, args).result()
 
     def send(
         self, script: str, calls: Sequence[T], args: Callable[[T], tuple[list[str], list[Any]]]
@@ -245,7 +244,7 @@ class Store:
     def _again(self, p: Pending) -> list[Any]:
         for script in self._scripts.values():
             script.sha = self.r.script_load(script.script)  # type: ignore[union-attr]
-        again = self.send(p.script, p.calls, p.args)
+        again = p.resend()
         self._wait(again)
         if again.error is not None:
             raise again.error
@@ -349,7 +348,7 @@ class Store:
         def args(a: tuple[str, int, bytes]) -> tuple[list[str], list[Any]]:
             return [self.base(a[0]) + keys.OUTBOX], [a[1], a[2]]
 
-        self._pipeline("outbox_ack", acks, args)
+        self.send("outbox_ack", acks, args).result()
 
     # -- subscriptions -------------------------------------------------------------------
 
@@ -362,7 +361,7 @@ class Store:
                 flat += [k, v]
             return [self.base(u[0]) + keys.SUB], flat
 
-        return [int(x) for x in self._pipeline("subscription", updates, args)]
+        return [int(x) for x in self.send("subscription", updates, args).result()]
 
     # -- reads for the CLI and tests -----------------------------------------------------
 

@@ -25,7 +25,7 @@ from metering.store import Store
 from rules.loader import load_catalog
 from tests.conftest import LOCAL
 from tests.kafka_util import produce
-from tests.pipeline_util import service_env
+from tests.pipeline_util import isolated_settings, service_env
 
 USER, PASSWORD = "metering-svc", "s3cret-pass"
 
@@ -85,24 +85,18 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
 def _settings(
     env: dict[str, str], tid: str, password: str = PASSWORD, redis_password: str = PASSWORD
 ) -> Settings:
-    return Settings(
-        kafka_bootstrap=f"127.0.0.1:{env['KAFKA_SASL_PORT']}",
+    return isolated_settings(
+        tid,
+        f"127.0.0.1:{env['KAFKA_SASL_PORT']}",
+        f"rediss://127.0.0.1:{env['REDIS_TLS_PORT']}/0",
+        partitions=2,
         kafka_security_protocol="SASL_PLAINTEXT",
         kafka_sasl_mechanism="SCRAM-SHA-512",
         kafka_sasl_username=USER,
         kafka_sasl_password=SecretStr(password),
-        redis_url=SecretStr(f"rediss://127.0.0.1:{env['REDIS_TLS_PORT']}/0"),
         redis_username=USER,
         redis_password=SecretStr(redis_password),
         redis_ssl_ca_certs=Path(env["CA"]),
-        key_prefix=tid,
-        group_id=f"{tid}-g",
-        topic_events=f"{tid}.ev",
-        topic_accounts=f"{tid}.acc",
-        topic_triggers=f"{tid}.trg",
-        topic_deadletter=f"{tid}.dlq",
-        partitions=2,
-        rules=Path(__file__).resolve().parent.parent / "rules" / "example.yaml",
     )
 
 

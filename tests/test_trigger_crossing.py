@@ -31,7 +31,7 @@ def _items(n: int, applied: bool = True) -> list[Item]:
             PERIOD,
             frozenset({"api_calls"}),
             applied,
-            {"api_calls": Decimal(1)},
+            [("api_calls", "c", "")],
         )
         for i in range(n)
     ]

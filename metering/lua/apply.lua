@@ -181,13 +181,7 @@ for i = 1, #events do
 end
 
 -- 3. Write. A hash that is also read back is read once, updated in Lua, written with one
--- HSET and returned as updated (`values`: field -> string).
-local function read_hash(key)
-  local flat = redis.call('HGETALL', key)
-  local values = {}
-  for j = 1, #flat, 2 do values[flat[j]] = flat[j + 1] end
-  return values
-end
+-- HSET and returned as updated.
 
 local function flatten(values)
   local flat = {}
@@ -198,11 +192,14 @@ local function flatten(values)
   return flat
 end
 
--- Applies the gathered deltas, maxima and latest values of `key` to `values`; writes the
--- changed fields with one HSET.
+-- Reads `key`, applies its gathered deltas, maxima and latest values, writes the changed
+-- fields with one HSET; returns the hash as it now stands (field -> string).
 local updated = {}
-local function update_hash(key, values)
+local function update_hash(key)
   updated[key] = true
+  local flat = redis.call('HGETALL', key)
+  local values = {}
+  for j = 1, #flat, 2 do values[flat[j]] = flat[j + 1] end
   local changed = {}
   for field, n in pairs(deltas[key] or {}) do
     if n ~= 0 then
@@ -239,6 +236,7 @@ local function update_hash(key, values)
     end
   end
   if #changed > 0 then call_chunked('HSET', key, changed) end
+  return values
 end
 
 for skey, m in pairs(members) do call_chunked('SADD', skey, m) end
@@ -263,9 +261,7 @@ end
 -- 4. Read back what trigger evaluation needs.
 local periods = {}
 for _, period in ipairs(req.periods) do
-  local pkey = base .. 'p:' .. period
-  local values = read_hash(pkey)
-  update_hash(pkey, values)
+  local values = update_hash(base .. 'p:' .. period)
   local uniq = {}
   for _, meter in ipairs(req.uniq) do
     uniq[#uniq + 1] = meter
@@ -273,13 +269,12 @@ for _, period in ipairs(req.periods) do
   end
   periods[#periods + 1] = {period, flatten(values), uniq}
 end
-local life = read_hash(life_key)
-update_hash(life_key, life)
+local life = update_hash(life_key)
 -- The planner puts each event's period in req.periods; should a caller not, its updates are
 -- still written (just not read back) rather than lost.
 for _, gathered in ipairs({deltas, maxima, latest}) do
   for key, _ in pairs(gathered) do
-    if not updated[key] then update_hash(key, read_hash(key)) end
+    if not updated[key] then update_hash(key) end
   end
 end
 local weeks = {}

@@ -8,7 +8,7 @@ lost before it was recorded; the fired marks make a second recording impossible.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import NamedTuple
@@ -39,18 +39,15 @@ class Item(NamedTuple):
     `applied` is False for a redelivered event (already counted by an earlier call). What
     the event added to each count or sum meter (`amount`) lets a threshold name the very
     event that crossed it; it is worked out from the event's meter updates only when a
-    threshold needs it (or given as `amounts`). A tuple: one is made per event per batch."""
+    threshold needs it. A tuple: one is made per event per batch."""
 
     event: Event
     period: str
     meters: frozenset[str]
     applied: bool = True
-    amounts: Mapping[str, Decimal] | None = None
-    updates: Sequence[tuple[str, str, str]] = ()
+    updates: Sequence[tuple[str, str, str]] = ()  # (meter, op, arg) as the store applies them
 
     def amount(self, meter: str) -> Decimal | None:
-        if self.amounts is not None:
-            return self.amounts.get(meter)
         for name, op, arg in self.updates:
             if name == meter:
                 if op == "c":
@@ -267,15 +264,12 @@ def feature_request(ctx: Ctx, rule: FeatureRequest) -> Iterator[Candidate]:
 
 def milestone(ctx: Ctx, rule: Milestone) -> Iterator[Candidate]:
     total = ctx.state.lifetime.get(rule.meter, Decimal(0))
-    if (
-        total >= rule.value
-        and not ctx.known(f"ms:{rule.id}")
-        and any(rule.meter in i.meters for i in ctx.items)
-    ):
+    field = f"ms:{rule.id}"
+    if total >= rule.value and not ctx.known(field) and any(rule.meter in i.meters for i in ctx.items):
         yield ctx.candidate(
             "milestone",
             rule.id,
-            f"ms:{rule.id}",
+            field,
             ctx.latest(rule.meter),
             {
                 "meter": rule.meter,
@@ -303,12 +297,13 @@ def spend_threshold(ctx: Ctx, rule: SpendThreshold) -> Iterator[Candidate]:
         for level in rule.at:
             if bill.total * 100 < cap * level:
                 break
-            if ctx.known(f"sp:{rule.id}:{period}:{level}"):
+            field = f"sp:{rule.id}:{period}:{level}"
+            if ctx.known(field):
                 continue
             yield ctx.candidate(
                 "spend_threshold",
                 rule.id,
-                f"sp:{rule.id}:{period}:{level}",
+                field,
                 ctx.latest(None, period),
                 {
                     "period": period,
