@@ -129,8 +129,13 @@ class Service:
         self.retry("connecting to Redis", self.store.check)
         self.retry("connecting to Kafka", make)
         self._ensure_output_topics()
-        listener = _Rebalance(self)
-        self.consumer.subscribe([self.settings.topic_accounts, self.settings.topic_events], listener=listener)
+        topics = [self.settings.topic_accounts, self.settings.topic_events]
+        # Metadata of the input topics before the first join: joined without it, the member
+        # is assigned nothing and must rejoin once it arrives, and kafka-python 3.0.12 has
+        # been seen to stall in that second join (heartbeats stop, the member is dropped).
+        for topic in topics:
+            self.consumer.partitions_for_topic(topic)
+        self.consumer.subscribe(topics, listener=_Rebalance(self))
 
     def _ensure_output_topics(self) -> None:
         """Every topic a trigger or dead letter can go to exists before the first publish: a
