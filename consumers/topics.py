@@ -4,6 +4,7 @@ rules."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from kafka.admin import NewTopic
@@ -44,6 +45,12 @@ def ensure_topics(settings: Settings, extra: Iterable[str] = (), partitions: int
                 created.append(topic.name)
             except TopicAlreadyExistsError:
                 pass
+        # A created topic reaches the broker's metadata a moment after the controller
+        # accepted it: return only once every wanted topic is listed, so a client started
+        # next (a consumer joining its group, a check) sees them.
+        deadline = time.monotonic() + 15
+        while not wanted.keys() <= set(admin.list_topics()) and time.monotonic() < deadline:
+            time.sleep(0.05)
         return created
     finally:
         admin.close()
