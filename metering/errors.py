@@ -7,8 +7,9 @@ action: retry with backoff, dead-letter the record, or stop the process.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
+
+from rules.errors import Problem, RulesError
 
 
 class MeteringError(Exception):
@@ -21,30 +22,26 @@ class ConfigError(MeteringError):
     """A setting is missing or malformed: start-up stops with this one line."""
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One finding in a rules file: a dotted path into the file and the reason."""
-
-    where: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.where or '<root>'}: {self.message}"
-
-
-class RulesError(MeteringError):
-    """A rules catalog is invalid; carries every problem found, not just the first."""
-
-    def __init__(self, source: str, problems: list[Problem]) -> None:
-        self.source = source
-        self.problems = problems
-        noun = "problem" if len(problems) == 1 else "problems"
-        super().__init__(f"{source}: {len(problems)} {noun}: " + "; ".join(map(str, problems)))
+# Problem and RulesError (imported above) belong to the catalog package, which knows nothing
+# of the engine; they are part of this tree by re-export (RulesError.retriable is False).
 
 
 class InputError(MeteringError):
     """Bad input on the command line (an unknown plan, a non-numeric quantity, ...)."""
 
+
+__all__ = [
+    "DEAD_LETTER_REASONS",
+    "BadEvent",
+    "BrokerUnavailable",
+    "ConfigError",
+    "InputError",
+    "MeteringError",
+    "Problem",
+    "RulesError",
+    "StoreUnavailable",
+    "TransientError",
+]
 
 DEAD_LETTER_REASONS = (
     "invalid_json",

@@ -10,13 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 
-from metering.errors import Problem
+from rules.errors import Problem
 
 #: Aggregations that read a value from the event (all but `count`).
 VALUE_AGGREGATIONS = frozenset({"sum", "max", "unique_count", "latest"})
 _TIERED = frozenset({"graduated", "volume"})
-_THRESHOLDS = frozenset({"usage_threshold", "spend_threshold"})
-_METER_TRIGGERS = frozenset({"usage_threshold", "power_user", "milestone"})
 
 
 def reference_problems(data: object) -> list[Problem]:
@@ -97,13 +95,12 @@ def _trigger_problems(triggers: object, meters: Mapping[str, object]) -> Iterato
                 )
             else:
                 first_seen[rule_id] = index
-        kind = trigger.get("kind")
-        if kind in _METER_TRIGGERS:
-            for at, meter in _meter_references(where, trigger):
-                if isinstance(meter, str) and meter not in meters:
-                    yield Problem(at, f"unknown meter {meter!r}")
-        if kind in _THRESHOLDS:
-            yield from _level_problems(f"{where}.at", trigger.get("at"))
+        # By key, not by kind: any rule that names meters (`meter`, `meters`) must name known
+        # ones, and any list of levels (`at`) must ascend, so a new kind is checked unchanged.
+        for at, meter in _meter_references(where, trigger):
+            if isinstance(meter, str) and meter not in meters:
+                yield Problem(at, f"unknown meter {meter!r}")
+        yield from _level_problems(f"{where}.at", trigger.get("at"))
 
 
 def _meter_references(where: str, trigger: Mapping[str, object]) -> Iterator[tuple[str, object]]:

@@ -10,8 +10,8 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from metering.errors import Problem, RulesError
 from rules.checks import reference_problems
+from rules.errors import Problem, RulesError
 from rules.models import SKIP_REFERENCES, Catalog
 
 #: Keys whose value selects the variant of a tagged union; pydantic puts that value

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from metering.lint import lint
+from metering.pricing import monthly_total
+from rules.lint import Finding
+from rules.lint import lint as lint_with
 from rules.loader import load_catalog, parse_catalog
+from rules.models import Catalog
+from tests.paths import EXAMPLE_PATH, shared_example
 
-EXAMPLE_PATH = Path(__file__).parents[1] / "rules" / "example.yaml"
-SHARED_EXAMPLE = Path("/work/shared/examples/rules.yaml")
+
+def lint(catalog: Catalog) -> list[Finding]:
+    """The lint priced by the engine's pricing, as `metering rules check` runs it."""
+    return lint_with(catalog, monthly_total)
 
 
 def example_data() -> dict[str, Any]:
@@ -26,9 +31,8 @@ def test_example_has_no_warnings() -> None:
     assert lint(load_catalog(EXAMPLE_PATH)) == []
 
 
-@pytest.mark.skipif(not SHARED_EXAMPLE.exists(), reason="shared example not present")
 def test_shared_example_has_no_warnings() -> None:
-    assert lint(load_catalog(SHARED_EXAMPLE)) == []
+    assert lint(load_catalog(shared_example())) == []
 
 
 def _more_paid_plans(d: dict[str, Any]) -> None:

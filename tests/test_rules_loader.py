@@ -13,9 +13,7 @@ from pydantic import ValidationError
 from metering.errors import RulesError
 from rules.loader import load_catalog, parse_catalog
 from rules.models import Catalog, Meter, UsageThreshold
-
-EXAMPLE_PATH = Path(__file__).parents[1] / "rules" / "example.yaml"
-SHARED_EXAMPLE = Path("/work/shared/examples/rules.yaml")
+from tests.paths import EXAMPLE_PATH, shared_example
 
 
 def example_data() -> dict[str, Any]:
@@ -44,9 +42,8 @@ def test_example_loads() -> None:
     assert power.cooldown_days == 90
 
 
-@pytest.mark.skipif(not SHARED_EXAMPLE.exists(), reason="shared example not present")
 def test_packaged_example_is_the_shared_one() -> None:
-    assert EXAMPLE_PATH.read_text() == SHARED_EXAMPLE.read_text()
+    assert EXAMPLE_PATH.read_text() == shared_example().read_text()
 
 
 def test_version_is_stable_and_content_sensitive() -> None:

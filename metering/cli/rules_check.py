@@ -10,7 +10,8 @@ import typer
 
 from metering.cli.app import rules_app
 from metering.errors import Problem, RulesError
-from metering.lint import Finding, lint
+from metering.pricing import monthly_total
+from rules.lint import Finding, lint
 from rules.loader import load_catalog
 
 
@@ -23,7 +24,7 @@ def check(
     errors: list[Problem] = []
     warnings: list[Finding] = []
     try:
-        warnings = lint(load_catalog(file))
+        warnings = lint(load_catalog(file), monthly_total)
     except RulesError as exc:
         errors = exc.problems
     if as_json:

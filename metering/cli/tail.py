@@ -23,6 +23,7 @@ from consumers import kafka_io
 from metering.cli.app import app, fail
 from metering.cli.common import catalog_or_fail, settings_or_fail
 from metering.settings import Settings
+from metering.triggers.registry import describe
 
 KIND_PREFIX = "expansion."
 TOPIC_WAIT_S = 10.0  # how long to wait for a named topic's metadata before giving up on it
@@ -46,30 +47,6 @@ def _offer(offer: object) -> str:
     return f" -> offer {kind} {offer[kind]}{price}"
 
 
-def _percent(value: object) -> str:
-    return f" ({value}%)" if value is not None else ""
-
-
-def _details(kind: str, data: Mapping[str, Any]) -> str:
-    """The kind-specific middle of the line."""
-    if kind == "usage_threshold":
-        return f"{data.get('meter')} {data.get('value')}/{data.get('limit')}{_percent(data.get('percent'))}"
-    if kind == "power_user":
-        weeks = data.get("weeks")
-        n = len(weeks) if isinstance(weeks, list) else "?"
-        return f"{data.get('meter')} >={data.get('min_per_week')}/week for {n} weeks"
-    if kind == "feature_request":
-        return f"feature {data.get('feature')}"
-    if kind == "milestone":
-        return f"{data.get('meter')} {data.get('value')} >= {data.get('milestone')}"
-    if kind == "spend_threshold":
-        return (
-            f"spend {data.get('spend')}/{data.get('spend_cap')} {data.get('period')}"
-            f"{_percent(data.get('percent'))}"
-        )
-    return ""
-
-
 def format_trigger(event: Mapping[str, Any]) -> str:
     """One readable line for a trigger CloudEvent (pure), e.g.
     `2026-11-03T10:15:00Z usage_threshold acct-42 limit-warn api_calls 8000/10000 (80%)
@@ -80,7 +57,7 @@ def format_trigger(event: Mapping[str, Any]) -> str:
     data = data if isinstance(data, Mapping) else {}
     account = event.get("subject") or data.get("account", "?")
     parts = [str(event.get("time", "?")), kind, str(account), str(data.get("rule", "?"))]
-    details = _details(kind, data)
+    details = describe(kind, data)
     if details:
         parts.append(details)
     return " ".join(parts) + _offer(data.get("offer")) + f"  [{_short_id(event.get('id', '?'))}]"

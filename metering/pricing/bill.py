@@ -99,6 +99,13 @@ def price_bill(
     )
 
 
+def monthly_total(catalog: Catalog, plan_name: str, meter: str, quantity: Decimal) -> Decimal:
+    """The plan's monthly total with `quantity` of one meter and no other usage, seats at the
+    included count, no add-ons, monthly billing (what the pricing-design lint compares)."""
+    usage = Usage(quantities={meter: quantity})
+    return price_bill(catalog, plan_name, usage=usage).total
+
+
 def _plan(catalog: Catalog, name: str) -> Plan:
     plan = catalog.plans.get(name)
     if plan is None:

@@ -1,7 +1,8 @@
-"""Expansion triggers (SPEC 3.3): pure evaluation over the aggregates the store returns."""
+"""Expansion triggers (SPEC 3.3): pure evaluation over the aggregates the store returns, one
+module per kind behind a registry (`metering.triggers.registry`)."""
 
 from metering.triggers.candidate import Candidate, trigger_id
+from metering.triggers.context import Item
 from metering.triggers.engine import TriggerEngine
-from metering.triggers.kinds import Item
 
 __all__ = ["Candidate", "Item", "TriggerEngine", "trigger_id"]

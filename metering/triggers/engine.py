@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from metering.events import Event
 from metering.state import AccountState
 from metering.triggers.candidate import Candidate
-from metering.triggers.kinds import Ctx, Item, Offers, evaluate_rule, feature_fields
-from rules.models import Catalog, FeatureRequest, PowerUser
+from metering.triggers.context import Ctx, Item, Offers
+from metering.triggers.registry import KINDS, kind_of
+from rules.models import Catalog
 
 _MEMO_MAX = 200_000
 
@@ -19,24 +20,19 @@ class TriggerEngine:
     def __init__(self, catalog: Catalog, default_topic: str) -> None:
         self.catalog = catalog
         self.default_topic = default_topic
-        self._fired: set[tuple[str, str]] = set()  # (account, once-only field) already marked
+        self._rules = [(rule, kind_of(rule)) for rule in catalog.triggers]
+        self._fired: set[tuple[str, str]] = set()  # (account, final scope) already marked
         self._offers = Offers(catalog)
 
     def week_meters(self) -> list[str]:
-        return sorted({r.meter for r in self.catalog.triggers if isinstance(r, PowerUser)})
+        return sorted({m for rule, kind in self._rules for m in kind.week_meters(rule)})
 
     def topics(self) -> set[str]:
         return {r.topic or self.default_topic for r in self.catalog.triggers}
 
     def mark_fields(self, events: Sequence[Event]) -> list[str]:
         """Marks of cooldown scopes the evaluation must see (their next id depends on them)."""
-        fields: list[str] = []
-        for rule in self.catalog.triggers:
-            if isinstance(rule, PowerUser):
-                fields.append(f"pu:{rule.id}")
-            elif isinstance(rule, FeatureRequest):
-                fields.extend(feature_fields(rule, events))
-        return fields
+        return [f for rule, kind in self._rules for f in kind.mark_fields(rule, events)]
 
     def evaluate(self, state: AccountState, items: Sequence[Item]) -> list[Candidate]:
         if not items:
@@ -48,17 +44,17 @@ class TriggerEngine:
             return (account, field) in fired
 
         ctx = Ctx(self.catalog, state, items, self.default_topic, self._offers, known)
-        for rule in self.catalog.triggers:
+        for rule, kind in self._rules:
             ctx.topic = rule.topic or self.default_topic
-            for c in evaluate_rule(ctx, rule):
+            for c in kind.evaluate(ctx, rule):
                 if c.field not in out:
                     out[c.field] = c
         return list(out.values())
 
     def recorded(self, account: str, candidates: Sequence[Candidate]) -> None:
-        """After the store recorded or refused them, every once-only scope here is marked."""
+        """After the store recorded or refused them, every final scope here is remembered."""
         if len(self._fired) > _MEMO_MAX:
             self._fired.clear()
         for c in candidates:
-            if c.field.startswith(("ut:", "ms:", "sp:")):
+            if KINDS[c.kind].final:
                 self._fired.add((account, c.field))

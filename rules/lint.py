@@ -2,6 +2,9 @@
 
 "Paid public plans" are the plans with a list price above 0: a free plan (price 0)
 and custom-priced plans (price null) come on top and never count.
+
+The catalog knows nothing of the engine: the one rule that needs a priced bill
+(`volume_discount`) is given the pricing as a function (`metering.pricing.monthly_total`).
 """
 
 from __future__ import annotations
@@ -10,8 +13,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
-from metering.pricing.bill import Usage, price_bill
 from rules.models import Catalog, Plan
+
+#: `(catalog, plan, meter, quantity) -> the plan's monthly total` with that quantity of the
+#: meter, no other usage, seats at the included count, no add-ons, monthly billing.
+MonthlyTotal = Callable[[Catalog, str, str, Decimal], Decimal]
 
 
 @dataclass(frozen=True)
@@ -31,9 +37,18 @@ MAX_ADDONS = 5
 ANNUAL_DISCOUNT = (Decimal("0.15"), Decimal("0.20"))
 
 
-def lint(catalog: Catalog) -> list[Finding]:
+def lint(catalog: Catalog, monthly_total: MonthlyTotal) -> list[Finding]:
     """Every design warning of a catalog, rule by rule in the SPEC's order."""
-    return [finding for rule in _RULES for finding in rule(catalog)]
+    rules: tuple[Callable[[Catalog], Iterator[Finding]], ...] = (
+        _paid_plan_count,
+        _top_to_entry_ratio,
+        lambda c: _volume_discount(c, monthly_total),
+        _addon_price,
+        _addon_count,
+        _annual_discount,
+        _upgrade_path,
+    )
+    return [finding for rule in rules for finding in rule(catalog)]
 
 
 def _paid(catalog: Catalog) -> list[tuple[str, Decimal]]:
@@ -74,7 +89,7 @@ def _top_to_entry_ratio(catalog: Catalog) -> Iterator[Finding]:
         )
 
 
-def _volume_discount(catalog: Catalog) -> Iterator[Finding]:
+def _volume_discount(catalog: Catalog, monthly_total: MonthlyTotal) -> Iterator[Finding]:
     low, high = VOLUME_GROWTH
     for name, plan in catalog.plans.items():
         if plan.custom_priced:
@@ -83,8 +98,8 @@ def _volume_discount(catalog: Catalog) -> Iterator[Finding]:
             if meter not in plan.limits:
                 continue
             limit = plan.limits[meter]
-            at_limit = _total(catalog, name, plan, meter, limit)
-            at_ten = _total(catalog, name, plan, meter, limit * 10)
+            at_limit = monthly_total(catalog, name, meter, limit)
+            at_ten = monthly_total(catalog, name, meter, limit * 10)
             where = f"plans.{name}.charges.{meter}"
             why = "volume discounts reward growth: 10× the usage should cost 5–8× (not 10×, not flat)"
             if at_limit <= 0:
@@ -99,11 +114,6 @@ def _volume_discount(catalog: Catalog) -> Iterator[Finding]:
                     where,
                     f"the monthly total at 10× the limit ({limit}) is {ratio:.2f}× the total at it; {why}",
                 )
-
-
-def _total(catalog: Catalog, name: str, plan: Plan, meter: str, quantity: Decimal) -> Decimal:
-    usage = Usage(quantities={meter: quantity})
-    return price_bill(catalog, name, annual=False, seats=plan.included_seats, addons=(), usage=usage).total
 
 
 def _addon_price(catalog: Catalog) -> Iterator[Finding]:
@@ -166,14 +176,3 @@ def _dearer(other: Plan, plan: Plan) -> bool:
     if plan.price is None:
         return False
     return other.price is None or other.price > plan.price
-
-
-_RULES: tuple[Callable[[Catalog], Iterator[Finding]], ...] = (
-    _paid_plan_count,
-    _top_to_entry_ratio,
-    _volume_discount,
-    _addon_price,
-    _addon_count,
-    _annual_discount,
-    _upgrade_path,
-)

@@ -1,0 +1,169 @@
+"""What every trigger kind evaluates against: the batch's non-duplicate events (`Item`), the
+account's state after the batch, the offers of the catalog, and the helpers kinds share
+(`Ctx.candidate`, `Ctx.repeatable`, `crossing`). Pure.
+
+Evaluation is level-based: a condition is checked against the current aggregates, not the
+batch's increments. So a batch replayed after a crash — whose events the store skips as
+already applied — still finds the condition true and recreates any trigger that the crash
+lost before it was recorded; the fired marks make a second recording impossible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import NamedTuple
+
+from metering.events import Event
+from metering.meters import from_micro
+from metering.pricing import offer_for_limit, offer_upgrade
+from metering.pricing.offers import Offer
+from metering.state import AccountState
+from metering.triggers.candidate import Candidate, cooldown_next, trigger_id
+from rules.models import Catalog
+
+
+class Item(NamedTuple):
+    """A non-duplicate event of the batch, with the meters it matched and its period.
+
+    `applied` is False for a redelivered event (already counted by an earlier call). What
+    the event added to each count or sum meter (`amount`) lets a threshold name the very
+    event that crossed it; it is worked out from the event's meter updates only when a
+    threshold needs it. A tuple: one is made per event per batch."""
+
+    event: Event
+    period: str
+    meters: frozenset[str]
+    applied: bool = True
+    updates: Sequence[tuple[str, str, str]] = ()  # (meter, op, arg) as the store applies them
+
+    def amount(self, meter: str) -> Decimal | None:
+        for name, op, arg in self.updates:
+            if name == meter:
+                if op == "c":
+                    return Decimal(1)
+                if op == "s":
+                    return from_micro(arg)
+        return None
+
+
+class Offers:
+    """Offers for a limit or an upgrade depend on the catalog and the plan only: computed once
+    per (plan, meter), not once per account and batch."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._limit: dict[tuple[str, str], dict[str, object] | None] = {}
+        self._upgrade: dict[str, dict[str, object] | None] = {}
+
+    def limit(self, plan: str, meter: str) -> dict[str, object] | None:
+        key = (plan, meter)
+        if key not in self._limit:
+            self._limit[key] = _offer(offer_for_limit(self.catalog, plan, meter))
+        return self._limit[key]
+
+    def upgrade(self, plan: str) -> dict[str, object] | None:
+        if plan not in self._upgrade:
+            self._upgrade[plan] = _offer(offer_upgrade(self.catalog, plan))
+        return self._upgrade[plan]
+
+
+def _offer(offer: Offer | None) -> dict[str, object] | None:
+    return offer.to_json() if offer else None
+
+
+def _never(_field: str) -> bool:
+    return False
+
+
+@dataclass(slots=True)
+class Ctx:
+    catalog: Catalog
+    state: AccountState
+    items: Sequence[Item]
+    topic: str  # the rule's topic or the default
+    offers: Offers
+    # True for a once-only scope known to have fired already: skipped before any work.
+    known: Callable[[str], bool] = _never
+
+    _touched: dict[str, set[str]] = field(default_factory=dict, init=False, repr=False)
+
+    def touched(self, period: str) -> set[str]:
+        """Meters that this batch's events matched in `period` (worked out once per batch)."""
+        hit = self._touched.get(period)
+        if hit is None:
+            hit = self._touched[period] = {m for i in self.items if i.period == period for m in i.meters}
+        return hit
+
+    @property
+    def account(self) -> str:
+        return self.state.account
+
+    @property
+    def plan(self) -> str:
+        return self.state.subscription.plan
+
+    def latest(self, meter: str | None = None, period: str | None = None) -> int:
+        """Time of the newest batch event (matching the meter / period when given)."""
+        times = [
+            i.event.time_ms
+            for i in self.items
+            if (meter is None or meter in i.meters) and (period is None or i.period == period)
+        ]
+        return max(times) if times else max(i.event.time_ms for i in self.items)
+
+    def candidate(
+        self,
+        kind: str,
+        rule: str,
+        field: str,
+        time_ms: int,
+        data: dict[str, object],
+        expected: str = "",
+        seq: int = 1,
+    ) -> Candidate:
+        return Candidate(
+            kind,
+            rule,
+            field,
+            expected,
+            seq,
+            trigger_id(self.account, field, seq),
+            self.topic,
+            time_ms,
+            {"rule": rule, "account": self.account, "plan": self.plan} | data,
+        )
+
+    def repeatable(
+        self,
+        kind: str,
+        rule: str,
+        field: str,
+        time_ms: int,
+        data: dict[str, object],
+        cooldown_days: int | None,
+    ) -> Candidate | None:
+        """A scope that may fire again after a cooldown: None while the stored mark's cooldown
+        holds, else the next firing (its sequence number in the id), compare-and-set against
+        that mark when recorded."""
+        expected = self.state.marks.get(field, "")
+        seq = cooldown_next(expected, time_ms, cooldown_days)
+        return None if seq is None else self.candidate(kind, rule, field, time_ms, data, expected, seq)
+
+
+def crossing(ctx: Ctx, meter: str, period: str, now: Decimal, threshold: Decimal) -> tuple[int, Decimal]:
+    """(time, value) of the batch event that took `meter` to `threshold`: the value before
+    the batch is the current one less what the batch applied, and the applied events are
+    walked in order. Falls back to the newest event and the current value when the meter is
+    not additive (max, latest, unique_count) or the level was already passed before."""
+    steps = [
+        (i, a) for i in ctx.items if i.applied and i.period == period and (a := i.amount(meter)) is not None
+    ]
+    value = now - sum((a for _, a in steps), Decimal(0))
+    if value < threshold:
+        for item, a in steps:
+            value += a
+            if value >= threshold:
+                return item.event.time_ms, value
+    return ctx.latest(meter, period), now

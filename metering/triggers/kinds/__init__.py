@@ -1,0 +1,1 @@
+"""One module per trigger kind, each defining `KIND` (see `metering.triggers.kind`)."""
