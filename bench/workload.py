@@ -21,7 +21,7 @@ from kafka import KafkaProducer
 from kafka.partitioner.default import murmur2
 
 from bench.infra import KAFKA
-from metering.periods import period_start_ms
+from metering.core.periods import period_start_ms
 
 # The mix of tests/workload.py: api.request is six parts in eleven.
 KINDS = ["api.request"] * 6 + [

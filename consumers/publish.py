@@ -11,7 +11,7 @@ from typing import Any
 
 from kafka.errors import KafkaError
 
-from metering.batch import DeadLetter, dead_letter_headers
+from metering.core.plan import DeadLetter, dead_letter_headers
 from metering.errors import BrokerUnavailable
 
 JSON_HEADERS = [("content-type", b"application/cloudevents+json; charset=utf-8")]

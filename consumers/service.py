@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -30,30 +30,40 @@ from consumers import kafka_io
 from consumers.offsets import Committer
 from consumers.policy import Retry, Stopping
 from consumers.publish import AuthFailureWatch, kind_of, publish
-from metering.batch import (
+from metering.core.calls import (
+    APPLIED,
+    DUPLICATE,
+    ApplyResult,
+    FireCall,
+    FireCandidate,
+    FireResult,
+    OutboxAck,
+    SubscriptionUpdate,
+)
+from metering.core.events import decode_event
+from metering.core.meters import MeterIndex
+from metering.core.periods import delta_ms, weeks_back
+from metering.core.plan import (
     SLICE_RECORDS,
     AccountBatch,
     BatchPlan,
     DeadLetter,
     Limits,
     RecordLike,
-    items_for,
     partition_slices,
     plan_batch,
 )
+from metering.core.state import build_state, pairs
+from metering.core.subscriptions import Subscription, from_store, to_store
 from metering.errors import DEAD_LETTER_REASONS, BadEvent, BrokerUnavailable, ConfigError, TransientError
-from metering.events import decode_event
-from metering.meters import MeterIndex
 from metering.metrics import Metrics
-from metering.periods import delta_ms, weeks_back
 from metering.settings import Settings
-from metering.state import build_state, pairs
-from metering.store import ApplyResult, FireCall, Pending, Store, apply_results, fire_results
-from metering.subscriptions import Subscription, from_store, to_store
-from metering.triggers import Candidate, TriggerEngine
+from metering.store import Pending, RedisStore, Store
+from metering.triggers import Candidate, TriggerEngine, items_for
 from rules.models import Catalog
 
 log = logging.getLogger("metering.service")
+T = TypeVar("T")
 
 
 class Service:
@@ -76,11 +86,11 @@ class Service:
             settings.max_event_bytes, delta_ms(settings.late_grace), delta_ms(settings.future_tolerance)
         )
         self.stop = threading.Event()
-        self.store = Store(settings, self.metrics)
+        self.store: Store = RedisStore(settings, self.metrics)
         self.retry = Retry(self.stop, self._dependency_failed, self._dependency_recovered)
         self._deps_ok = True
         self._assigned: set[TopicPartition] = set()
-        self._subscriptions: dict[tuple[bytes, ...], Subscription] = {}
+        self._subscriptions: dict[tuple[bytes | str, ...], Subscription] = {}
         self._weekly = self.engine.week_meters()  # the only meters whose weekly counts are read
         self.offsets = Committer(self.retry)
         self.last_progress = time.monotonic()
@@ -219,13 +229,13 @@ class Service:
         # never split across slices, so no two calls in flight share an (account, partition)
         # watermark, and a call redone after a lost connection cannot land behind a later one.
         cutoff = weeks_back(now_ms, 12)[-1]
-        applying: list[tuple[BatchPlan, Pending]] = []
+        applying: list[tuple[BatchPlan, Pending[list[ApplyResult]]]] = []
         for part in partition_slices(usage, SLICE_RECORDS):
             plan = plan_batch(part, self.index, self.engine, self.limits, now_ms)
             dead += plan.dead
             calls = [a.call for a in plan.accounts]
             applying.append((plan, self.store.send_apply(calls, now_ms, cutoff, self._weekly)))
-        firing: list[tuple[list[tuple[AccountBatch, list[Candidate]]], Pending]] = []
+        firing: list[tuple[list[tuple[AccountBatch, list[Candidate]]], Pending[list[FireResult]]]] = []
         outboxes: dict[str, list[bytes]] = {}
         for plan, pending in applying:
             results = self._apply_usage(plan, pending, now_ms)
@@ -233,21 +243,21 @@ class Service:
                 outboxes[acct.call.account] = list(res.outbox)
             fire_calls, cands = self._evaluate(plan, results)
             firing.append((cands, self.store.send_fire(fire_calls)))
-        for cands, pending in firing:
+        for cands, recording in firing:
             # Replies come in send order, and every fire runs after every apply: the last
             # outbox seen for an account is the freshest (entries left by a crash included).
-            outboxes.update(self._fired(cands, pending))
+            outboxes.update(self._fired(cands, recording))
         self._publish(outboxes, dead)
         self.offsets.commit(self.consumer, raw_records)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         self._observe_lag()
 
-    def _await(self, what: str, pending: Pending) -> list[Any]:
+    def _await(self, what: str, pending: Pending[T]) -> T:
         """A sent call's replies; after a transient failure the call is sent again under the
         retry policy."""
         current = [pending]
 
-        def attempt() -> list[Any]:
+        def attempt() -> T:
             try:
                 return current[0].result()
             except TransientError:
@@ -257,12 +267,12 @@ class Service:
         return self.retry(what, attempt)
 
     def _apply_subscriptions(self, records: Sequence[RecordLike]) -> list[DeadLetter]:
-        updates: list[tuple[str, dict[str, str]]] = []
+        updates: list[SubscriptionUpdate] = []
         dead: list[DeadLetter] = []
         for rec in records:
             try:
                 event = decode_event(rec.value, rec.headers, self.settings.max_event_bytes)
-                updates.append((event.account, to_store(event, self.catalog)))
+                updates.append(SubscriptionUpdate(event.account, to_store(event, self.catalog)))
             except BadEvent as exc:
                 dead.append(DeadLetter(rec, exc.reason, exc.detail))
         if updates:
@@ -271,16 +281,18 @@ class Service:
                 self.metrics.account_updates.labels("applied" if a else "stale").inc()
         return dead
 
-    def _apply_usage(self, plan: BatchPlan, pending: Pending, now_ms: int) -> list[ApplyResult]:
-        results = apply_results(self._await("applying usage", pending))
+    def _apply_usage(
+        self, plan: BatchPlan, pending: Pending[list[ApplyResult]], now_ms: int
+    ) -> list[ApplyResult]:
+        results = self._await("applying usage", pending)
         processed = dup = redelivered = 0
         lags: list[int] = []
         for acct, res in zip(plan.accounts, results, strict=True):
             for ev, flag in zip(acct.events, res.flags, strict=True):
-                if flag == "1":
+                if flag == APPLIED:
                     processed += 1
                     lags.append(ev.time_ms)
-                elif flag == "d":
+                elif flag == DUPLICATE:
                     dup += 1
                 else:
                     redelivered += 1
@@ -303,30 +315,25 @@ class Service:
             return calls, cands
         for acct, res in zip(plan.accounts, results, strict=True):
             sub = self._subscription(res.subscription)
-            state = build_state(
-                self.catalog,
-                acct.call.account,
-                sub,
-                res.periods,
-                res.lifetime,
-                res.weeks,
-                acct.call.marks,
-                res.marks,
-            )
+            state = build_state(self.catalog, acct.call.account, sub, res, acct.call.marks)
             found = self.engine.evaluate(state, items_for(acct, res.flags))
             if found:
                 account = acct.call.account
                 calls.append(
                     FireCall(
-                        account, [(c.field, c.expected, c.mark(), c.topic, c.payload(account)) for c in found]
+                        account,
+                        [
+                            FireCandidate(c.field, c.expected, c.mark(), c.topic, c.payload(account))
+                            for c in found
+                        ],
                     )
                 )
                 cands.append((acct, found))
         return calls, cands
 
-    def _subscription(self, flat: Sequence[bytes]) -> Subscription:
+    def _subscription(self, flat: tuple[bytes | str, ...]) -> Subscription:
         """The stored state of busy accounts rarely changes: parsed once per distinct state."""
-        key = tuple(flat)
+        key = flat
         sub = self._subscriptions.get(key)
         if sub is None:
             if len(self._subscriptions) >= 100_000:
@@ -335,10 +342,10 @@ class Service:
         return sub
 
     def _fired(
-        self, cands: Sequence[tuple[AccountBatch, list[Candidate]]], pending: Pending
+        self, cands: Sequence[tuple[AccountBatch, list[Candidate]]], pending: Pending[list[FireResult]]
     ) -> dict[str, list[bytes]]:
         """Per account with candidates, its outbox as the fire script that recorded them left it."""
-        replies = fire_results(self._await("recording triggers", pending))
+        replies = self._await("recording triggers", pending)
         outboxes: dict[str, list[bytes]] = {}
         for (acct, found), (_flags, outbox) in zip(cands, replies, strict=True):
             self.engine.recorded(acct.call.account, found)
@@ -358,7 +365,7 @@ class Service:
         )
         self.retry(
             "acknowledging the outbox",
-            lambda: self.store.ack_outbox([(a, len(items), items[0]) for a, items in entries]),
+            lambda: self.store.ack_outbox([OutboxAck(a, len(items), items[0]) for a, items in entries]),
         )
         self.metrics.outbox_depth.set(0)
         for _, items in entries:

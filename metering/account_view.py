@@ -9,10 +9,10 @@ from typing import Any
 
 import orjson
 
+from metering.core.state import build_state, pairs
+from metering.core.subscriptions import from_store
 from metering.pricing import price_bill
-from metering.state import build_state, pairs
 from metering.store import Store
-from metering.subscriptions import from_store
 from metering.triggers.candidate import number
 from rules.models import Catalog
 
@@ -21,7 +21,7 @@ def account_view(store: Store, catalog: Catalog, account: str, period: str) -> d
     uniq = [n for n, m in catalog.meters.items() if m.aggregation == "unique_count"]
     res = store.read_account(account, period, uniq, [])
     sub = from_store(pairs(res.subscription), catalog)
-    state = build_state(catalog, account, sub, res.periods, res.lifetime, res.weeks, [], [])
+    state = build_state(catalog, account, sub, res, [])
     usage = state.periods[period]
     plan = catalog.plans[sub.plan]
     meters: dict[str, Any] = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from metering.settings import Settings
-from metering.store import Store
+from metering.store import RedisStore
 from rules.loader import load_catalog
 from tests.conftest import LOCAL
 from tests.kafka_util import produce
@@ -71,7 +71,7 @@ def test_sigterm_mid_stream_exits_within_10s_and_loses_nothing(settings: Setting
     finally:
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(15)
-    assert mismatches(Store(settings), catalog, oracle) == []
+    assert mismatches(RedisStore(settings), catalog, oracle) == []
 
 
 @pytest.mark.slow
@@ -118,4 +118,4 @@ def test_redis_outage_reports_not_ready_then_recovers_exactly(settings: Settings
         subprocess.run([redis_sh, "start"], check=False, timeout=60, capture_output=True)
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
-    assert mismatches(Store(settings), catalog, oracle) == []
+    assert mismatches(RedisStore(settings), catalog, oracle) == []

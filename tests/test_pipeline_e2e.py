@@ -13,9 +13,9 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from consumers.service import Service
-from metering.periods import format_rfc3339
+from metering.core.periods import format_rfc3339
 from metering.settings import Settings
-from metering.store import Store
+from metering.store import RedisStore
 from rules.loader import load_catalog
 from tests.kafka_util import produce, read_all
 from tests.pipeline_util import service_env, start_run, wait_committed
@@ -59,7 +59,7 @@ def test_100k_events_with_duplicates_and_replay_are_exact(settings: Settings) ->
         f"{duplicates:.0f} duplicates skipped"
     )
     assert redelivered > 10_000, "the seek back replayed records"
-    assert mismatches(Store(settings), catalog, oracle) == []
+    assert mismatches(RedisStore(settings), catalog, oracle) == []
 
 
 def test_each_bad_record_kind_is_dead_lettered_and_the_rest_counted(settings: Settings) -> None:
@@ -126,7 +126,7 @@ def test_each_bad_record_kind_is_dead_lettered_and_the_rest_counted(settings: Se
     assert set(reasons) == set(bad)
     for reason, value in bad.items():
         assert reasons[reason].value == value, reason  # type: ignore[attr-defined]
-    view = Store(settings).read_account(acct, format_rfc3339(now)[:7], [], [])
+    view = RedisStore(settings).read_account(acct, format_rfc3339(now)[:7], [], [])
     period_hash = dict(zip(view.periods[0][1][::2], view.periods[0][1][1::2], strict=True))
     assert period_hash[b"tokens:n"] == b"21"  # 20 structured + 1 binary-mode event
     assert period_hash[b"tokens:v"] == str(205 * 10**6).encode()
@@ -240,4 +240,4 @@ def test_two_processes_split_partitions_and_stay_exact_when_one_dies(
                 p.wait(15)
     log_a = (tmp_path / "a.log").read_text()
     assert "assigned" in log_a
-    assert mismatches(Store(settings), catalog, oracle) == []
+    assert mismatches(RedisStore(settings), catalog, oracle) == []

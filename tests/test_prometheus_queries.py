@@ -32,7 +32,7 @@ import yaml
 from kafka import KafkaProducer
 
 from consumers.topics import ensure_topics
-from metering.periods import format_rfc3339
+from metering.core.periods import format_rfc3339
 from metering.settings import Settings
 from tests.pipeline_util import isolated_settings, start_run
 

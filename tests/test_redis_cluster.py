@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from consumers.service import Service
 from metering.settings import Settings
-from metering.store import Store
+from metering.store import RedisStore
 from rules.loader import load_catalog
 from tests.conftest import LOCAL
 from tests.kafka_util import produce
@@ -35,7 +35,7 @@ def test_pipeline_is_exact_on_redis_cluster(settings: Settings, redis_cluster: s
     records, oracle = generate(20_000, 300, int(time.time() * 1000), seed=3)
     produce(settings.kafka_bootstrap, settings.topic_events, records)
     Service(on_cluster, catalog).run(max_idle_polls=8)
-    store = Store(on_cluster)
+    store = RedisStore(on_cluster)
     assert isinstance(store.r, redis.cluster.RedisCluster)
     assert mismatches(store, catalog, oracle) == []
     # The accounts really are spread over the three masters.

@@ -19,9 +19,9 @@ from pydantic import SecretStr
 
 from consumers.service import Service
 from consumers.topics import ensure_topics
-from metering.periods import format_rfc3339
+from metering.core.periods import format_rfc3339
 from metering.settings import Settings
-from metering.store import Store
+from metering.store import RedisStore
 from rules.loader import load_catalog
 from tests.conftest import LOCAL
 from tests.kafka_util import produce
@@ -120,7 +120,7 @@ def test_pipeline_over_sasl_scram_and_redis_tls_acl(secured: dict[str, str], tes
     ]
     produce(f"127.0.0.1:{secured['KAFKA_PORT']}", s.topic_events, [(b"acct-sec", e) for e in events])
     Service(s, load_catalog(s.rules)).run(max_idle_polls=8)  # type: ignore[arg-type]
-    res = Store(s).read_account("acct-sec", format_rfc3339(now)[:7], [], [])
+    res = RedisStore(s).read_account("acct-sec", format_rfc3339(now)[:7], [], [])
     flat = res.periods[0][1]
     assert dict(zip(flat[::2], flat[1::2], strict=True))[b"tokens:v"] == str(700 * 10**6).encode()
     assert PASSWORD not in repr(s) and PASSWORD not in str(s.model_dump())

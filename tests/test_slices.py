@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.batch import Record, partition_slices
+from metering.core.plan import Record, partition_slices
 
 
 @given(

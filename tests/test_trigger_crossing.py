@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from metering.events import Event
-from metering.periods import format_rfc3339, period_of, to_ms
-from metering.state import AccountState, PeriodUsage
-from metering.subscriptions import Subscription
+from metering.core.events import Event
+from metering.core.periods import format_rfc3339, period_of, to_ms
+from metering.core.state import AccountState, PeriodUsage
+from metering.core.subscriptions import Subscription
 from metering.triggers import Item, TriggerEngine
 from rules.loader import load_catalog
 

@@ -24,9 +24,9 @@ import pytest
 
 from consumers.service import Service
 from consumers.topics import ensure_topics
-from metering.periods import format_rfc3339, period_of
+from metering.core.periods import format_rfc3339, period_of
 from metering.settings import Settings
-from metering.store import Store
+from metering.store import RedisStore
 from metering.triggers import trigger_id
 from rules import make_demo
 from rules.loader import load_catalog
@@ -72,7 +72,7 @@ def triggers(settings: Settings, *topics: str) -> list[Any]:
 
 
 def fired(settings: Settings, accounts: list[str]) -> dict[str, dict[str, str]]:
-    store = Store(settings)
+    store = RedisStore(settings)
     try:
         return {a: store.fired(a) for a in accounts}
     finally:
@@ -197,7 +197,7 @@ def test_every_kind_fires_once_per_scope_across_duplicates_replay_and_restarts(
     after = triggers(s, s.topic_triggers, milestones)
     assert sorted(orjson.loads(r.value)["id"] for r in after) == sorted(by_id)
     assert fired(s, list(expected)) == marks
-    store = Store(s)
+    store = RedisStore(s)
     try:
         assert all(store.outbox(a) == [] for a in expected)
     finally:
@@ -275,7 +275,7 @@ def test_sigkill_after_recording_publishes_the_same_id_after_restart(
     want = {f"ut:limit-warn:storage_gb:{period}:free:80", "fr:gated-feature:sso", "ms:first-million-payments"}
     marks = fired(s, [account])[account]
     assert set(marks) == want
-    store = Store(s)
+    store = RedisStore(s)
     try:
         assert len(store.outbox(account)) == len(want)
     finally:
@@ -289,7 +289,7 @@ def test_sigkill_after_recording_publishes_the_same_id_after_restart(
     assert ids == sorted(orjson.loads(m)["id"] for m in marks.values())
     assert {r.topic for r in published} == {s.topic_triggers, milestones}
     assert fired(s, [account])[account] == marks
-    store = Store(s)
+    store = RedisStore(s)
     try:
         assert store.outbox(account) == []
     finally:

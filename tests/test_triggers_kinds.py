@@ -15,12 +15,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from metering.events import Event
-from metering.periods import DAY_MS, WEEK_MS, iso_week, period_of, to_ms
+from metering.core.events import Event
+from metering.core.periods import DAY_MS, WEEK_MS, iso_week, period_of, to_ms
+from metering.core.state import AccountState, PeriodUsage
+from metering.core.subscriptions import Subscription
 from metering.pricing import format_money, price_bill
 from metering.pricing.bill import Usage
-from metering.state import AccountState, PeriodUsage
-from metering.subscriptions import Subscription
 from metering.triggers import Candidate, Item, TriggerEngine, trigger_id
 from rules.loader import load_catalog
 from rules.models import Catalog

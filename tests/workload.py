@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from metering.periods import format_rfc3339, iso_week, parse_rfc3339, period_of, period_start_ms
+from metering.core.periods import format_rfc3339, iso_week, parse_rfc3339, period_of, period_start_ms
 
 
 @dataclass
@@ -139,9 +139,9 @@ def generate(
 
 def mismatches(store: Any, catalog: Any, oracle: Oracle, limit: int = 20) -> list[str]:
     """Every difference between the store and the oracle (empty = exact)."""
-    from metering.state import build_state
-    from metering.store import ApplyCall
-    from metering.subscriptions import Subscription
+    from metering.core.calls import ApplyCall
+    from metering.core.state import build_state
+    from metering.core.subscriptions import Subscription
 
     meters = list(catalog.meters)
     uniq = [n for n, m in catalog.meters.items() if m.aggregation == "unique_count"]
@@ -160,9 +160,7 @@ def mismatches(store: Any, catalog: Any, oracle: Oracle, limit: int = 20) -> lis
     for i in range(0, len(calls), 200):
         results += store.apply(calls[i : i + 200], now_ms=0, week_cutoff="")
     for a, res in zip(accts, results, strict=True):
-        st = build_state(
-            catalog, a, Subscription(plan=catalog.default_plan), res.periods, res.lifetime, res.weeks, [], []
-        )
+        st = build_state(catalog, a, Subscription(plan=catalog.default_plan), res, [])
         for p in periods_by_acct[a]:
             usage = st.periods[p]
             for m in meters:

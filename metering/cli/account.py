@@ -27,9 +27,9 @@ def account(
     from rich.table import Table
 
     from metering.account_view import account_view
+    from metering.core.periods import period_of
     from metering.errors import StoreUnavailable
-    from metering.periods import period_of
-    from metering.store import Store
+    from metering.store import RedisStore
 
     settings = settings_or_fail()
     catalog = catalog_or_fail(rules, settings)
@@ -39,7 +39,7 @@ def account(
         fail("ACCOUNT must not be empty")
     chosen = period or period_of(int(time.time() * 1000))
     try:
-        store = Store(settings)
+        store = RedisStore(settings)
         view = account_view(store, catalog, account_id, chosen)
     except StoreUnavailable as exc:
         fail(f"cannot read Redis: {exc}")

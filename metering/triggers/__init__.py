@@ -2,7 +2,7 @@
 module per kind behind a registry (`metering.triggers.registry`)."""
 
 from metering.triggers.candidate import Candidate, trigger_id
-from metering.triggers.context import Item
+from metering.triggers.context import Item, items_for
 from metering.triggers.engine import TriggerEngine
 
-__all__ = ["Candidate", "Item", "TriggerEngine", "trigger_id"]
+__all__ = ["Candidate", "Item", "TriggerEngine", "items_for", "trigger_id"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from metering.periods import DAY_MS, format_rfc3339
+from metering.core.periods import DAY_MS, format_rfc3339
 
 SOURCE = "metering"
 

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import NamedTuple
 
-from metering.events import Event
-from metering.meters import from_micro
+from metering.core.calls import APPLIED, DUPLICATE
+from metering.core.events import Event
+from metering.core.meters import from_micro
+from metering.core.plan import AccountBatch
+from metering.core.state import AccountState
 from metering.pricing import offer_for_limit, offer_upgrade
 from metering.pricing.offers import Offer
-from metering.state import AccountState
 from metering.triggers.candidate import Candidate, cooldown_next, trigger_id
 from rules.models import Catalog
 
@@ -167,3 +169,13 @@ def crossing(ctx: Ctx, meter: str, period: str, now: Decimal, threshold: Decimal
             if value >= threshold:
                 return item.event.time_ms, value
     return ctx.latest(meter, period), now
+
+
+def items_for(batch: AccountBatch, flags: str) -> list[Item]:
+    """Events that trigger evaluation considers: all but duplicates (a redelivered event is
+    kept, so a trigger lost to a crash before it was recorded is recreated)."""
+    return [
+        Item(ev, arg.period, frozenset([u[0] for u in arg.updates]), flag == APPLIED, arg.updates)
+        for ev, arg, flag in zip(batch.events, batch.call.events, flags, strict=True)
+        if flag != DUPLICATE
+    ]

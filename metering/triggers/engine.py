@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from metering.events import Event
-from metering.state import AccountState
+from metering.core.events import Event
+from metering.core.state import AccountState
 from metering.triggers.candidate import Candidate
 from metering.triggers.context import Ctx, Item, Offers
 from metering.triggers.registry import KINDS, kind_of

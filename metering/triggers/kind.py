@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from metering.events import Event
+from metering.core.events import Event
 from metering.triggers.candidate import Candidate
 from metering.triggers.context import Ctx
 from rules.models import Trigger

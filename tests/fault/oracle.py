@@ -32,7 +32,15 @@ from typing import Any
 
 import orjson
 
-from metering.periods import DAY_MS, WEEK_MS, format_rfc3339, iso_week, period_of, period_start_ms, weeks_back
+from metering.core.periods import (
+    DAY_MS,
+    WEEK_MS,
+    format_rfc3339,
+    iso_week,
+    period_of,
+    period_start_ms,
+    weeks_back,
+)
 from metering.pricing import Usage, price_bill
 from metering.triggers import trigger_id
 from rules.models import (
@@ -107,7 +115,7 @@ class Scenario:
 
 
 def _ms(text: str) -> int:
-    from metering.periods import parse_rfc3339
+    from metering.core.periods import parse_rfc3339
 
     return parse_rfc3339(text)
 

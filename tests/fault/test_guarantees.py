@@ -40,10 +40,10 @@ import pytest
 from kafka import KafkaProducer
 
 from consumers.topics import ensure_topics
+from metering.core.periods import format_rfc3339
 from metering.errors import DEAD_LETTER_REASONS
-from metering.periods import format_rfc3339
 from metering.settings import Settings
-from metering.store import Store
+from metering.store import RedisStore
 from rules.loader import load_catalog
 from tests.fault.conftest import Infra, report, wait_topic_committed
 from tests.fault.oracle import Scenario, build, expected_triggers, kinds
@@ -379,7 +379,7 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
     # -- invariants ---------------------------------------------------------------------------
     assert produced == len(sc.events) + len(sc.bad)
     assert sum(end_offsets(s.kafka_bootstrap, s.topic_events).values()) == produced, "no producer duplicates"
-    store = Store(s)
+    store = RedisStore(s)
     try:
         bad = mismatches(store, catalog, sc.aggregates, limit=50)
         assert bad == [], bad
@@ -478,7 +478,7 @@ def test_duplicate_outside_the_dedup_window_is_counted_again(fault_infra: Infra,
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
-    store = Store(s)
+    store = RedisStore(s)
     try:
         view = store.read_account(acct, format_rfc3339(now)[:7], [], [])
         period = dict(zip(view.periods[0][1][::2], view.periods[0][1][1::2], strict=True))

@@ -30,12 +30,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaProducer
 
-from metering.batch import Limits, Record, plan_batch
+from metering.core.meters import MeterIndex
+from metering.core.periods import format_rfc3339
+from metering.core.plan import Limits, Record, plan_batch
 from metering.errors import DEAD_LETTER_REASONS
-from metering.meters import MeterIndex
-from metering.periods import format_rfc3339
 from metering.settings import Settings
-from metering.store import Store
+from metering.store import RedisStore
 from metering.triggers import TriggerEngine
 from rules.loader import load_catalog
 from tests.fault.conftest import report, wait_topic_committed
@@ -506,8 +506,8 @@ def test_time_before_year_1_utc_is_dead_lettered_when_any_age_is_accepted() -> N
 
 
 def test_a_report_run_in_year_1_never_breaks_trigger_evaluation() -> None:
-    from metering.state import AccountState, PeriodUsage
-    from metering.subscriptions import Subscription
+    from metering.core.state import AccountState, PeriodUsage
+    from metering.core.subscriptions import Subscription
     from metering.triggers import Item
 
     value = orjson.dumps(
@@ -617,7 +617,7 @@ def test_hostile_stream_through_the_service(settings: Settings, tmp_path: Path) 
         assert h["error.reason"].decode() in DEAD_LETTER_REASONS and h["error.detail"]
         seen[(int(h["error.partition"]), int(h["error.offset"]))] = h["error.reason"].decode()
     assert Counter(seen.values()) == want_dead
-    store = Store(settings)
+    store = RedisStore(settings)
     try:
         assert mismatches(store, CATALOG, oracle) == []
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from metering.events import Event
+from metering.core.events import Event
 from metering.pricing import offer_for_feature
 from metering.triggers.candidate import Candidate
 from metering.triggers.context import Ctx

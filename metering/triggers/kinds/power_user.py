@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from metering.events import Event
-from metering.periods import iso_week, weeks_back
+from metering.core.events import Event
+from metering.core.periods import iso_week, weeks_back
 from metering.triggers.candidate import Candidate
 from metering.triggers.context import Ctx
 from metering.triggers.kind import Kind

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
+from metering.core.periods import parse_rfc3339
 from metering.errors import BadEvent
-from metering.periods import parse_rfc3339
 
 MAX_ACCOUNT_BYTES = 256
 _REQUIRED = ("id", "source", "type")

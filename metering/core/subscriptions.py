@@ -13,9 +13,9 @@ from decimal import Decimal, InvalidOperation
 
 import orjson
 
+from metering.core.events import Event
+from metering.core.periods import parse_rfc3339
 from metering.errors import BadEvent
-from metering.events import Event
-from metering.periods import parse_rfc3339
 from rules.models import Catalog
 
 UPDATED = "subscription.updated"

@@ -10,9 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from metering.meters import from_micro
+from metering.core.calls import ApplyResult, Text
+from metering.core.meters import from_micro
+from metering.core.subscriptions import Subscription
 from metering.pricing import Usage
-from metering.subscriptions import Subscription
 from rules.models import Catalog
 
 
@@ -49,7 +50,7 @@ def pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
 
 
 def parse_period(
-    catalog: Catalog, period: str, hash_flat: Sequence[bytes | str], uniques: Sequence[bytes | str | int]
+    catalog: Catalog, period: str, hash_flat: Sequence[Text], uniques: Sequence[tuple[str, int]]
 ) -> PeriodUsage:
     values: dict[str, Decimal] = {}
     counts: dict[str, int] = {}
@@ -64,11 +65,9 @@ def parse_period(
             counts[name] = int(v)
         else:
             values[name] = from_micro(v) if kind == "micro" else Decimal(v)
-    it = iter(uniques)
-    for meter_name, card in zip(it, it, strict=True):
-        name = _text(meter_name)
-        if int(card):
-            values[name] = Decimal(int(card))
+    for name, card in uniques:
+        if card:
+            values[name] = Decimal(card)
     return PeriodUsage(period, values, counts)
 
 
@@ -112,17 +111,13 @@ def build_state(
     catalog: Catalog,
     account: str,
     subscription: Subscription,
-    periods: Sequence[Sequence[object]],
-    life: Sequence[bytes | str],
-    weeks: Sequence[Sequence[object]],
+    result: ApplyResult,
     mark_fields: Sequence[str],
-    marks: Sequence[bytes | str],
 ) -> AccountState:
-    """AccountState from the apply script's read-back (see metering/lua/apply.lua)."""
-    parsed = {}
-    for period, flat, uniq in periods:
-        name = _text(period)  # type: ignore[arg-type]
-        parsed[name] = parse_period(catalog, name, flat, uniq)  # type: ignore[arg-type]
-    week_map = {_text(meter): parse_weeks(flat) for meter, flat in weeks}  # type: ignore[arg-type]
-    mark_map = {f: _text(m) for f, m in zip(mark_fields, marks, strict=True)}
-    return AccountState(account, subscription, parsed, parse_lifetime(catalog, life), week_map, mark_map)
+    """AccountState from what a store read back after applying (see `metering.core.calls`)."""
+    parsed = {p.period: parse_period(catalog, p.period, p.fields, p.uniques) for p in result.periods}
+    week_map = {w.meter: parse_weeks(w.fields) for w in result.weeks}
+    mark_map = dict(zip(mark_fields, result.marks, strict=True))
+    return AccountState(
+        account, subscription, parsed, parse_lifetime(catalog, result.lifetime), week_map, mark_map
+    )

@@ -10,12 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from metering.core.calls import ApplyCall, EventUpdate
+from metering.core.events import Event, decode_event
+from metering.core.meters import MeterIndex
+from metering.core.periods import DAY_MS, iso_week, period_of, period_start_ms
 from metering.errors import BadEvent
-from metering.events import Event, decode_event
-from metering.meters import MeterIndex
-from metering.periods import DAY_MS, iso_week, period_of, period_start_ms
-from metering.store import ApplyCall, EventArg
-from metering.triggers import Item, TriggerEngine
 
 
 class RecordLike(Protocol):
@@ -34,6 +33,13 @@ class RecordLike(Protocol):
     def value(self) -> bytes | None: ...
     @property
     def headers(self) -> Sequence[tuple[str, bytes | None]] | None: ...
+
+
+class ReadBack(Protocol):
+    """What trigger evaluation needs read back with each call (the trigger engine's answer)."""
+
+    def week_meters(self) -> list[str]: ...
+    def mark_fields(self, events: Sequence[Event]) -> list[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +148,10 @@ def partition_slices(records: Sequence[RecordLike], size: int) -> list[list[Reco
 
 
 def plan_batch(
-    records: Sequence[RecordLike], index: MeterIndex, engine: TriggerEngine, limits: Limits, now_ms: int
+    records: Sequence[RecordLike], index: MeterIndex, engine: ReadBack, limits: Limits, now_ms: int
 ) -> BatchPlan:
     groups: dict[tuple[str, str], AccountBatch] = {}
-    pending: dict[tuple[str, str], tuple[list[Event], list[EventArg]]] = {}
+    pending: dict[tuple[str, str], tuple[list[Event], list[EventUpdate]]] = {}
     dead: list[DeadLetter] = []
     window = TimeWindow.at(now_ms, limits)
     latest_ms, earliest_ms = window.latest_ms, window.earliest_ms or 0
@@ -171,28 +177,20 @@ def plan_batch(
             group = pending[key] = ([], [])
         group[0].append(event)
         period, week = calendar(event.time_ms)
-        group[1].append((rec.offset, id_digest(event.source, event.id), period, week, event.time_ms, updates))
+        group[1].append(
+            EventUpdate(rec.offset, id_digest(event.source, event.id), period, week, event.time_ms, updates)
+        )
     current = period_of(now_ms)
     uniq = [n for n, m in index.meters.items() if m.aggregation == "unique_count"]
     weeks = engine.week_meters()
     for (account, wm_field), (evs, args) in pending.items():
-        periods = sorted({a[2] for a in args} | {current})
+        periods = sorted({a.period for a in args} | {current})
         # Weekly counts are read back only for a power-user meter this call moves (the
         # only time power_user looks at them).
-        moved = [m for m in weeks if any(u[0] == m for a in args for u in a[5])] if weeks else weeks
+        moved = [m for m in weeks if any(u[0] == m for a in args for u in a.updates)] if weeks else weeks
         call = ApplyCall(account, wm_field, args, periods, uniq, moved, engine.mark_fields(evs))
         groups[(account, wm_field)] = AccountBatch(call, evs)
     return BatchPlan(list(groups.values()), dead)
-
-
-def items_for(batch: AccountBatch, flags: str) -> list[Item]:
-    """Events that trigger evaluation considers: all but duplicates (a redelivered event is
-    kept, so a trigger lost to a crash before it was recorded is recreated)."""
-    return [
-        Item(ev, arg[2], frozenset([u[0] for u in arg[5]]), flag == "1", arg[5])
-        for ev, arg, flag in zip(batch.events, batch.call.events, flags, strict=True)
-        if flag != "d"
-    ]
 
 
 def dead_letter_headers(d: DeadLetter) -> list[tuple[str, bytes]]:

@@ -7,10 +7,10 @@
 -- ARGV[2]  watermark field "<topic>/<partition>"
 -- ARGV[3]  dedup bucket index (floor(now / window)); ARGV[4] bucket TTL seconds; "0" = no dedup
 -- ARGV[5]  oldest ISO week to keep in the weekly counts ("2026-W35")
--- ARGV[7]  the meters whose ISO-week counts are kept, space-separated (the power-user
---          meters: nothing else reads weekly counts)
 -- ARGV[6]  JSON request: {"ev": [[offset, id_digest, period, week, ts_ms, [[meter, op, arg], ...]], ...],
 --                         "periods": [...], "uniq": [...], "weeks": [...], "marks": [...]}
+-- ARGV[7]  the meters whose ISO-week counts are kept, space-separated (the power-user
+--          meters: nothing else reads weekly counts)
 --
 -- Exactly once: an event whose offset is at or below the (account, partition) watermark was
 -- applied by an earlier call (a redelivery after a crash or rebalance, or a fenced zombie's
@@ -30,7 +30,11 @@
 -- read once (the read-back needs them anyway), updated in Lua and written with one HSET.
 --
 -- Returns {flags, sub, periods, life, weeks, marks, outbox}; flags has one char per event:
--- "1" applied, "d" duplicate (source, id), "r" redelivered (offset already applied).
+-- FLAG.applied, FLAG.duplicate (source, id) or FLAG.redelivered (offset already applied).
+--
+-- K (key suffixes), OP (meter update ops) and FLAG come from the preamble that
+-- metering/store/codec.py generates from the Python names: never spell them out here.
+-- The argument packing and the reply parsing live in codec.py as well.
 
 local base = ARGV[1]
 local wm_field = ARGV[2]
@@ -41,10 +45,10 @@ local req = cjson.decode(ARGV[6])
 local weekly = {}
 for meter in string.gmatch(ARGV[7] or '', '%S+') do weekly[meter] = true end
 
-local wm_key = base .. 'wm'
-local life_key = base .. 'life'
-local cur_dedup = base .. 'd:' .. bucket
-local prev_dedup = base .. 'd:' .. (bucket - 1)
+local wm_key = base .. K.wm
+local life_key = base .. K.life
+local cur_dedup = base .. K.dedup .. bucket
+local prev_dedup = base .. K.dedup .. (bucket - 1)
 local CHUNK = 3000 -- arguments per unpack(): Lua's C stack holds 8000
 
 local function call_chunked(cmd, key, args)
@@ -72,7 +76,7 @@ local events = req.ev
 for i = 1, #events do
   local offset = events[i][1]
   if offset <= watermark then
-    flags[i] = 'r'
+    flags[i] = FLAG.redelivered
   else
     fresh[#fresh + 1] = i
     if offset > max_offset then max_offset = offset end
@@ -88,10 +92,10 @@ if ttl > 0 and #fresh > 0 then
   for j = 1, #fresh do
     local d = digests[j]
     if in_prev[j] or in_cur[j] or seen[d] then
-      flags[fresh[j]] = 'd'
+      flags[fresh[j]] = FLAG.duplicate
     else
       seen[d] = true
-      flags[fresh[j]] = '1'
+      flags[fresh[j]] = FLAG.applied
       record[#record + 1] = d
       record[#record + 1] = '1'
     end
@@ -101,7 +105,7 @@ if ttl > 0 and #fresh > 0 then
     redis.call('EXPIRE', cur_dedup, ttl)
   end
 else
-  for j = 1, #fresh do flags[fresh[j]] = '1' end
+  for j = 1, #fresh do flags[fresh[j]] = FLAG.applied end
 end
 
 -- 2. Gather the applied events' updates in Lua tables.
@@ -142,33 +146,33 @@ local function add(key, field, arg_or_n)
 end
 
 for i = 1, #events do
-  if flags[i] == '1' then
+  if flags[i] == FLAG.applied then
     local ev = events[i]
     local period, week, ts, ups = ev[3], ev[4], ev[5], ev[6]
-    local pkey = base .. 'p:' .. period
+    local pkey = base .. K.period .. period
     for _, u in ipairs(ups) do
       local meter, op, arg = u[1], u[2], u[3]
       add(pkey, meter .. ':n', 1)
       if weekly[meter] then
-        local wb = sub_table(week_bumps, base .. 'w:' .. meter)
+        local wb = sub_table(week_bumps, base .. K.weeks .. meter)
         wb[week] = (wb[week] or 0) + 1
       end
-      if op == 'c' then
+      if op == OP.count then
         add(pkey, meter .. ':v', 1)
         add(life_key, meter, 1)
-      elseif op == 's' then
+      elseif op == OP.sum then
         add(pkey, meter .. ':v', arg)
         add(life_key, meter, arg)
       else
         add(life_key, meter, 1)
-        if op == 'u' then
-          local m = sub_table(members, base .. 'u:' .. meter .. ':' .. period)
+        if op == OP.unique_count then
+          local m = sub_table(members, base .. K.unique .. meter .. ':' .. period)
           m[#m + 1] = arg
-        elseif op == 'x' then
+        elseif op == OP.max then
           local t = sub_table(maxima, pkey)
           local field = meter .. ':v'
           if not t[field] or not int_ge(t[field], arg) then t[field] = arg end
-        elseif op == 'l' then
+        elseif op == OP.latest then
           -- latest by event time: an older event arriving later does not override a newer one;
           -- a tie goes to the later record
           local t = sub_table(latest, pkey)
@@ -261,11 +265,11 @@ end
 -- 4. Read back what trigger evaluation needs.
 local periods = {}
 for _, period in ipairs(req.periods) do
-  local values = update_hash(base .. 'p:' .. period)
+  local values = update_hash(base .. K.period .. period)
   local uniq = {}
   for _, meter in ipairs(req.uniq) do
     uniq[#uniq + 1] = meter
-    uniq[#uniq + 1] = redis.call('SCARD', base .. 'u:' .. meter .. ':' .. period)
+    uniq[#uniq + 1] = redis.call('SCARD', base .. K.unique .. meter .. ':' .. period)
   end
   periods[#periods + 1] = {period, flatten(values), uniq}
 end
@@ -279,12 +283,12 @@ for _, gathered in ipairs({deltas, maxima, latest}) do
 end
 local weeks = {}
 for _, meter in ipairs(req.weeks) do
-  weeks[#weeks + 1] = {meter, redis.call('HGETALL', base .. 'w:' .. meter)}
+  weeks[#weeks + 1] = {meter, redis.call('HGETALL', base .. K.weeks .. meter)}
 end
 local marks = {}
-if #req.marks > 0 then marks = hmget(base .. 'fired', req.marks) end
+if #req.marks > 0 then marks = hmget(base .. K.fired, req.marks) end
 -- HMGET's missing fields (false) become explicit empty strings
 for i = 1, #req.marks do if not marks[i] then marks[i] = '' end end
 
 return {table.concat(flags), redis.call('HGETALL', KEYS[1]), periods,
-        flatten(life), weeks, marks, redis.call('LRANGE', base .. 'ob', 0, -1)}
+        flatten(life), weeks, marks, redis.call('LRANGE', base .. K.outbox, 0, -1)}

@@ -11,8 +11,8 @@
 -- (say, a fenced zombie) recorded the same trigger first thus sees that member's entry and
 -- publishes it: an entry can never be stranded behind a refused candidate.
 local base = ARGV[1]
-local fired_key = base .. 'fired'
-local outbox_key = base .. 'ob'
+local fired_key = base .. K.fired
+local outbox_key = base .. K.outbox
 local out = {}
 for i, c in ipairs(cjson.decode(ARGV[2])) do
   local cur = redis.call('HGET', fired_key, c[1]) or ''

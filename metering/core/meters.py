@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from metering.core.events import Event
 from metering.errors import BadEvent
-from metering.events import Event
 from rules.models import Catalog, Meter
 
 SCALE_DIGITS = 6

@@ -1,0 +1,102 @@
+"""What the engine asks of a store and what any store answers (the Redis store, or the
+backtest's in-memory one), as plain typed data. No I/O: how a call travels (the Lua
+scripts' arguments and replies) is the Redis store's codec (`metering.store.codec`).
+
+Invariants every store keeps (SPEC 4): an event at or below its (account, partition)
+watermark is REDELIVERED and changes nothing; an event whose (source, id) digest was seen
+inside the dedup window is a DUPLICATE and changes nothing; everything else is APPLIED to
+the aggregates, the watermark and the dedup marks in one atomic step per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from metering.core.meters import Update
+
+#: Per event of an ApplyCall, what the store did with it (one character each).
+APPLIED = "1"
+DUPLICATE = "d"
+REDELIVERED = "r"
+
+Text = bytes | str  # a store's strings: Redis answers bytes, the in-memory store str
+
+
+class EventUpdate(NamedTuple):
+    """One event's share of an apply call (a tuple: one is made per event)."""
+
+    offset: int
+    digest: str  # of the dedup identity (source, id)
+    period: str  # "2026-11"
+    week: str  # "2026-W45"
+    time_ms: int
+    updates: Sequence[Update]  # (meter, op, arg) per matching meter
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyCall:
+    """One account's events of one partition in a batch, and what to read back."""
+
+    account: str
+    wm_field: str  # "<topic>/<partition>": the watermark's field
+    events: Sequence[EventUpdate]
+    periods: Sequence[str]  # periods to read back
+    uniq: Sequence[str]  # unique_count meters (read back as cardinalities)
+    weeks: Sequence[str]  # meters whose weekly counts to read back
+    marks: Sequence[str]  # fired-mark fields to read back
+
+
+class PeriodReply(NamedTuple):
+    period: str
+    fields: Sequence[Text]  # the period hash, flat: field, value, field, value, ...
+    uniques: Sequence[tuple[str, int]]  # (unique_count meter, cardinality)
+
+
+class WeeksReply(NamedTuple):
+    meter: str
+    fields: Sequence[Text]  # ISO week, count, ... (flat)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    flags: str  # one of APPLIED / DUPLICATE / REDELIVERED per event of the call
+    subscription: tuple[Text, ...]  # the stored subscription state, flat (field, value, ...)
+    periods: Sequence[PeriodReply]
+    lifetime: Sequence[Text]  # meter, lifetime total, ... (flat)
+    weeks: Sequence[WeeksReply]
+    marks: Sequence[str]  # per requested mark field: the mark, "" when never fired
+    outbox: Sequence[bytes]  # the account's outbox entries not yet acknowledged
+
+
+class FireCandidate(NamedTuple):
+    field: str  # the fired-mark field: the once-per scope
+    expected: str  # the mark the caller saw ("" = never fired): compare-and-set
+    mark: str  # the new mark (JSON)
+    topic: str
+    payload: str  # the trigger's CloudEvent (JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class FireCall:
+    account: str
+    candidates: Sequence[FireCandidate]
+
+
+class FireResult(NamedTuple):
+    recorded: str  # per candidate: "1" recorded, "0" refused (the mark had changed)
+    outbox: list[bytes]  # the account's whole outbox after the call
+
+
+class OutboxAck(NamedTuple):
+    """Drop the first `n` entries of an account's outbox, if it still starts with `first`."""
+
+    account: str
+    n: int
+    first: bytes
+
+
+class SubscriptionUpdate(NamedTuple):
+    account: str
+    state: dict[str, str]  # the flat state (always with "time"): last by event time wins
