@@ -26,9 +26,9 @@ def account(
     from rich.console import Console
     from rich.table import Table
 
-    from metering.account_view import account_view
     from metering.core.periods import period_of
     from metering.errors import StoreUnavailable
+    from metering.reports.account import account_view
     from metering.store import RedisStore
 
     settings = settings_or_fail()

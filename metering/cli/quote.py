@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from metering.cli.app import app, fail
+from metering.core.state import Usage
 from metering.errors import InputError, RulesError
-from metering.pricing.bill import Bill, Usage, price_bill
+from metering.pricing.bill import Bill, price_bill
 from metering.pricing.money import format_money
 from rules.loader import load_catalog
 from rules.models import Catalog

@@ -13,8 +13,15 @@ from decimal import Decimal
 from metering.core.calls import ApplyResult, Text
 from metering.core.meters import from_micro
 from metering.core.subscriptions import Subscription
-from metering.pricing import Usage
 from rules.models import Catalog
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Period quantities by meter, and event counts by meter (for `percentage` charges)."""
+
+    quantities: Mapping[str, Decimal] = field(default_factory=dict)
+    event_counts: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

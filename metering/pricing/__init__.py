@@ -1,6 +1,7 @@
 """Pricing: charge functions per price model, the monthly bill, and upgrade offers (SPEC 3.2, 3.3)."""
 
-from metering.pricing.bill import Bill, Line, Usage, monthly_total, price_bill
+from metering.core.state import Usage
+from metering.pricing.bill import Bill, Line, monthly_total, price_bill
 from metering.pricing.money import format_money, round_money
 from metering.pricing.offers import Offer, offer_for_feature, offer_for_limit, offer_upgrade
 from metering.pricing.registry import CHARGES, charge

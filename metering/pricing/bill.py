@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from metering.core.state import Usage
 from metering.errors import InputError
 from metering.pricing.money import format_money, round_money
 from metering.pricing.registry import charge
 from rules.models import Catalog, Plan
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Period quantities by meter, and event counts by meter (for `percentage` charges)."""
-
-    quantities: Mapping[str, Decimal] = field(default_factory=dict)
-    event_counts: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
