@@ -250,10 +250,12 @@ class Service:
             catalog = self.watcher.check(time.monotonic())
         except RulesError as exc:
             self.metrics.rules_reload_failures.inc()
+            noun = "problem" if len(exc.problems) == 1 else "problems"
             log.error(
-                "rules reload of %s refused (%d problems); still running version %s",
+                "rules reload of %s refused (%d %s); still running version %s",
                 exc.source,
                 len(exc.problems),
+                noun,
                 running,
             )
             for problem in exc.problems:
