@@ -372,3 +372,48 @@ def test_metering_account_in_a_bare_shell_prices_with_the_services_catalog(
     none = metering("account", acct)
     assert none.returncode == 1
     assert none.stderr.startswith("metering: error: no rules file") and len(none.stderr.splitlines()) == 1
+
+
+def test_accounts_on_a_removed_plan_fall_back_to_the_default_plan_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Pure (no connection is made): the parse of stored subscription state after a reload
+    that removed the `starter` plan."""
+    catalog = parse_catalog_text(EXAMPLE, "example")
+    assert "starter" in catalog.plans
+    without = catalog.model_copy(update={"plans": {k: v for k, v in catalog.plans.items() if k != "starter"}})
+    service = Service(Settings(), catalog)
+    service._use(without)
+    flat = [
+        b"time",
+        b"1",
+        b"status",
+        b"active",
+        b"plan",
+        b"starter",
+        b"billing",
+        b"monthly",
+        b"addons",
+        b"[]",
+    ]
+    other = [
+        b"time",
+        b"2",
+        b"status",
+        b"active",
+        b"plan",
+        b"starter",
+        b"billing",
+        b"annual",
+        b"addons",
+        b"[]",
+    ]
+    with caplog.at_level("WARNING", logger="metering.service"):
+        assert service._subscription(flat).plan == "free"
+        assert service._subscription(other).plan == "free"
+        assert service._subscription(flat).plan == "free"
+    warnings = [r.getMessage() for r in caplog.records if "not in rules version" in r.getMessage()]
+    assert len(warnings) == 1 and "'starter'" in warnings[0] and "'free'" in warnings[0]
+    service._use(catalog)  # back: the stored subscription was kept
+    assert service._subscription(flat).plan == "starter"
+    service.store.close()
