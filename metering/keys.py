@@ -17,6 +17,14 @@ def unescape_account(text: str) -> str:
     return text.replace("%7D", "}").replace("%7B", "{").replace("%25", "%")
 
 
+def catalog_key(prefix: str) -> str:
+    """`<prefix>:catalog`, a hash (`yaml`, `version`, `source`, `saved_ms`): the catalog the
+    service runs, for the commands of a second terminal. Not an account key, so no hash tag:
+    it is read and written alone, one command at a time, and on Redis Cluster simply lives in
+    the slot its name hashes to. It cannot collide with an account key (those carry `{`)."""
+    return f"{prefix}:catalog"
+
+
 def account_base(prefix: str, account: str) -> str:
     """`<prefix>:{<account>}:`; the store's scripts derive every per-account key from it."""
     return f"{prefix}:{{{escape_account(account)}}}:"

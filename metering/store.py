@@ -57,6 +57,16 @@ class ApplyResult:
 
 
 @dataclass(frozen=True)
+class StoredCatalog:
+    """The catalog a service runs, as it keeps it in Redis (`keys.catalog_key`)."""
+
+    text: str  # the YAML as read from the rules file
+    version: str
+    source: str  # the file it came from, on the service's machine
+    saved_ms: int
+
+
+@dataclass(frozen=True)
 class FireCall:
     account: str
     # (field, expected mark, new mark, topic, payload)
@@ -362,6 +372,30 @@ class Store:
             return [self.base(u[0]) + keys.SUB], flat
 
         return [int(x) for x in self.send("subscription", updates, args).result()]
+
+    # -- the running catalog ------------------------------------------------------------
+
+    def save_catalog(self, catalog: StoredCatalog) -> None:
+        """Record the catalog the service runs (one HSET: readers see the old or the new)."""
+        mapping = {
+            "yaml": catalog.text,
+            "version": catalog.version,
+            "source": catalog.source,
+            "saved_ms": str(catalog.saved_ms),
+        }
+        with self._timed("catalog"):
+            self.r.hset(keys.catalog_key(self.prefix), mapping=mapping)  # type: ignore[arg-type]
+
+    def stored_catalog(self) -> StoredCatalog | None:
+        """The catalog a service last recorded under this key prefix, or None."""
+        with self._timed("catalog"):
+            raw = self.r.hgetall(keys.catalog_key(self.prefix))
+        got = {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+        if "yaml" not in got or "version" not in got:
+            return None
+        return StoredCatalog(
+            got["yaml"], got["version"], got.get("source", ""), int(got.get("saved_ms", "0"))
+        )
 
     # -- reads for the CLI and tests -----------------------------------------------------
 
