@@ -10,6 +10,11 @@ Offsets are committed only after 2-4 are durable (SPEC 4.2). A crash anywhere be
 redelivers the batch: the store skips the applied events by offset watermark and the
 level-based evaluation recreates any trigger not yet recorded; recorded ones sit in the
 outbox and are published again with the same id.
+
+Between batches the rules file may be reloaded (SIGHUP or a content change, see
+consumers/reload.py): a valid catalog replaces every object derived from the old one before
+the next batch, so no batch ever mixes two catalogs; the running catalog is kept in Redis for
+the command line.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from consumers import kafka_io
 from consumers.offsets import Committer
 from consumers.policy import Retry, Stopping
 from consumers.publish import AuthFailureWatch, kind_of, publish
+from consumers.reload import RulesWatcher, incompatible
 from metering.core.calls import (
     APPLIED,
     DUPLICATE,
@@ -38,6 +44,7 @@ from metering.core.calls import (
     FireCandidate,
     FireResult,
     OutboxAck,
+    StoredCatalog,
     SubscriptionUpdate,
 )
 from metering.core.events import decode_event
@@ -52,14 +59,23 @@ from metering.core.plan import (
     RecordLike,
     partition_slices,
     plan_batch,
+    skips,
 )
 from metering.core.state import build_state, pairs
 from metering.core.subscriptions import Subscription, from_store, to_store
-from metering.errors import DEAD_LETTER_REASONS, BadEvent, BrokerUnavailable, ConfigError, TransientError
+from metering.errors import (
+    DEAD_LETTER_REASONS,
+    BadEvent,
+    BrokerUnavailable,
+    ConfigError,
+    RulesError,
+    TransientError,
+)
 from metering.metrics import Metrics
 from metering.settings import Settings
 from metering.store import Pending, RedisStore, Store
 from metering.triggers import Candidate, TriggerEngine, items_for
+from rules.loader import parse_catalog_text
 from rules.models import Catalog
 
 log = logging.getLogger("metering.service")
@@ -73,15 +89,15 @@ class Service:
         catalog: Catalog,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        watcher: RulesWatcher | None = None,
     ) -> None:
         self.settings = settings
-        self.catalog = catalog
         self.metrics = metrics or Metrics()
-        self.metrics.set_rules(catalog.version, str(settings.rules))
-        self.metrics.touch(DEAD_LETTER_REASONS, tuple(sorted({t.kind for t in catalog.triggers})))
         self.clock = clock
-        self.index = MeterIndex(catalog)
-        self.engine = TriggerEngine(catalog, settings.topic_triggers)
+        self.watcher = watcher  # None: the catalog never changes (tests, tools)
+        self._subscriptions: dict[tuple[bytes | str, ...], Subscription] = {}
+        self._warned_plans: set[str] = set()
+        self._use(catalog)
         self.limits = Limits(
             settings.max_event_bytes, delta_ms(settings.late_grace), delta_ms(settings.future_tolerance)
         )
@@ -90,8 +106,6 @@ class Service:
         self.retry = Retry(self.stop, self._dependency_failed, self._dependency_recovered)
         self._deps_ok = True
         self._assigned: set[TopicPartition] = set()
-        self._subscriptions: dict[tuple[bytes | str, ...], Subscription] = {}
-        self._weekly = self.engine.week_meters()  # the only meters whose weekly counts are read
         self.offsets = Committer(self.retry)
         self.last_progress = time.monotonic()
         self.consumer: Any = None
@@ -175,9 +189,11 @@ class Service:
         with partitions assigned, or a minute without any)."""
         if self.consumer is None:
             self.connect()
+        self._record_catalog(startup=True)
         idle = unassigned = 0
         try:
             while not self.stop.is_set():
+                self._reload()
                 batch = self.consumer.poll(timeout_ms=200, max_records=self.settings.max_poll_records)
                 self.last_progress = time.monotonic()
                 records = [r for part in batch.values() for r in part]
@@ -211,6 +227,77 @@ class Service:
             self.producer.close(timeout=5)
             self.producer = None
         self.store.close()
+
+    # -- the rules catalog (SPEC 3, Reload) ----------------------------------------------------
+
+    def install_reload_signal(self) -> None:
+        """SIGHUP asks for a reload; the handler only sets the watcher's flag (the swap
+        happens between batches, in `_reload`)."""
+        watcher = self.watcher
+        if watcher is not None:
+            signal.signal(signal.SIGHUP, lambda _signum, _frame: watcher.request())
+
+    def _use(self, catalog: Catalog) -> None:
+        """Make `catalog` the running one: every object derived from a catalog is rebuilt
+        (meter index, trigger engine, weekly meters, the subscription parse cache)."""
+        self.catalog = catalog
+        self.index = MeterIndex(catalog)
+        self.engine = TriggerEngine(catalog, self.settings.topic_triggers)
+        self._weekly = self.engine.week_meters()  # the only meters whose weekly counts are read
+        self._subscriptions.clear()  # parsed against the old plans and add-ons
+        self._warned_plans.clear()
+        source = str(self.watcher.path if self.watcher else self.settings.rules or "")
+        self.metrics.set_rules(catalog.version, source)
+        kinds = tuple(sorted({t.kind for t in catalog.triggers}))
+        self.metrics.touch(DEAD_LETTER_REASONS, kinds, self.index.valued)
+
+    def _reload(self) -> None:
+        """Between batches: a signalled or changed rules file becomes the running catalog if
+        it is valid; otherwise every problem is logged, counted, and the last good one stays."""
+        if self.watcher is None:
+            return
+        running = self.catalog.version
+        try:
+            catalog = self.watcher.check(time.monotonic())
+        except RulesError as exc:
+            self.metrics.rules_reload_failures.inc()
+            noun = "problem" if len(exc.problems) == 1 else "problems"
+            log.error(
+                "rules reload of %s refused (%d %s); still running version %s",
+                exc.source,
+                len(exc.problems),
+                noun,
+                running,
+            )
+            for problem in exc.problems:
+                log.error("rules reload: %s: %s", exc.source, problem)
+            return
+        if catalog is None:
+            return
+        self._use(catalog)
+        if self.producer is not None:
+            self._ensure_output_topics()  # a rule may name a topic the old catalog did not
+        self._record_catalog()
+        log.info("rules reloaded from %s: version %s -> %s", self.watcher.path, running, catalog.version)
+
+    def _record_catalog(self, startup: bool = False) -> None:
+        """The running catalog (YAML, version) into Redis for the command line, at start-up and
+        after each reload. At start-up, a stored catalog whose meters this one re-aggregates
+        is warned about (a restart is deliberate: it is not refused, but stored values of
+        those meters will be misread)."""
+        text = self.watcher.text if self.watcher else canonical_yaml(self.catalog)
+        source = str(self.watcher.path if self.watcher else self.settings.rules or "")
+        record = StoredCatalog(text, self.catalog.version, source, int(self.clock() * 1000))
+        if startup:
+            previous = self.retry("reading the stored rules catalog", self.store.stored_catalog)
+            if previous is not None and previous.version != record.version:
+                try:
+                    problems = incompatible(parse_catalog_text(previous.text, "stored"), self.catalog)
+                except RulesError:
+                    problems = []  # stored by another version of metering: nothing to compare
+                for problem in problems:
+                    log.warning("rules version %s after %s: %s", record.version, previous.version, problem)
+        self.retry("recording the rules catalog", lambda: self.store.save_catalog(record))
 
     # -- one batch ----------------------------------------------------------------------------
 
@@ -303,7 +390,16 @@ class Service:
         self.metrics.events_processed.inc(processed)
         self.metrics.events_deduplicated.labels("duplicate").inc(dup)
         self.metrics.events_deduplicated.labels("redelivered").inc(redelivered)
+        self._count_skips(plan, results)
         return results
+
+    def _count_skips(self, plan: BatchPlan, results: Sequence[ApplyResult]) -> None:
+        """SPEC 2.1: counted events a meter skipped for a missing value, and unmetered ones."""
+        missing, unmetered = skips(zip(plan.accounts, [r.flags for r in results], strict=True))
+        for meter, n in missing.items():
+            self.metrics.meter_value_missing.labels(meter).inc(n)
+        if unmetered:
+            self.metrics.events_unmetered.inc(unmetered)
 
     def _evaluate(
         self, plan: BatchPlan, results: Sequence[ApplyResult]
@@ -331,15 +427,30 @@ class Service:
                 cands.append((acct, found))
         return calls, cands
 
-    def _subscription(self, flat: tuple[bytes | str, ...]) -> Subscription:
+    def _subscription(self, flat: Sequence[bytes | str]) -> Subscription:
         """The stored state of busy accounts rarely changes: parsed once per distinct state."""
-        key = flat
+        key = tuple(flat)
         sub = self._subscriptions.get(key)
         if sub is None:
             if len(self._subscriptions) >= 100_000:
                 self._subscriptions.clear()
-            sub = self._subscriptions[key] = from_store(pairs(key), self.catalog)
+            raw = pairs(key)
+            sub = self._subscriptions[key] = from_store(raw, self.catalog)
+            if raw.get("status") == "active" and raw.get("plan", sub.plan) != sub.plan:
+                self._plan_gone(raw["plan"])
         return sub
+
+    def _plan_gone(self, plan: str) -> None:
+        """An account's stored plan is not in the running catalog (removed by a reload): it is
+        priced on the default plan; said once per plan and catalog, not once per event."""
+        if plan not in self._warned_plans:
+            self._warned_plans.add(plan)
+            log.warning(
+                "plan %r is not in rules version %s: its accounts are on the default plan %r",
+                plan,
+                self.catalog.version,
+                self.catalog.default_plan,
+            )
 
     def _fired(
         self, cands: Sequence[tuple[AccountBatch, list[Candidate]]], pending: Pending[list[FireResult]]
@@ -387,6 +498,14 @@ class Service:
                 continue
             if pos is not None:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
+
+
+def canonical_yaml(catalog: Catalog) -> str:
+    """A catalog as YAML that parses back to the same catalog (and version): what is stored
+    when the service was given a catalog rather than a file."""
+    import yaml
+
+    return str(yaml.safe_dump(catalog.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

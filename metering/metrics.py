@@ -41,6 +41,17 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.meter_value_missing = Counter(
+            "metering_meter_value_missing_total",
+            "Counted events that a matching meter skipped because its value path is absent.",
+            ["meter"],
+            registry=r,
+        )
+        self.events_unmetered = Counter(
+            "metering_events_unmetered_total",
+            "Counted events that matched no meter (kept for dedup and triggers, aggregated nowhere).",
+            registry=r,
+        )
         self.account_updates = Counter(
             "metering_account_updates_total",
             "Subscription records from the accounts topic.",
@@ -96,10 +107,16 @@ class Metrics:
             "metering_ready", "1 when partitions are assigned and Redis and Kafka answer.", registry=r
         )
         self.rules = Info("metering_rules", "The loaded rules catalog.", registry=r)
+        self.rules_reload_failures = Counter(
+            "metering_rules_reload_failures_total",
+            "Rules reloads refused (invalid or incompatible catalog); the last good one stays.",
+            registry=r,
+        )
 
-    def touch(self, reasons: tuple[str, ...], kinds: tuple[str, ...]) -> None:
+    def touch(self, reasons: tuple[str, ...], kinds: tuple[str, ...], meters: tuple[str, ...] = ()) -> None:
         """Create the labelled series at 0, so a dashboard shows 0 (not "no data") and an
-        alert on a rate sees a series from the first scrape on."""
+        alert on a rate sees a series from the first scrape on. `meters`: those that read a
+        value (the only ones that can miss one)."""
         for dependency in ("redis", "kafka"):
             self.retries.labels(dependency)
         for reason in reasons:
@@ -110,6 +127,8 @@ class Metrics:
             self.events_deduplicated.labels(kind)
         for result in ("applied", "stale"):
             self.account_updates.labels(result)
+        for meter in meters:
+            self.meter_value_missing.labels(meter)
 
     def set_rules(self, version: str, source: str) -> None:
         self.rules.info({"version": version, "source": source})

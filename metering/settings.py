@@ -36,6 +36,11 @@ def parse_duration(value: object) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
+def _blank_is_none(value: object) -> object:
+    """`METERING_RULES=` (exported empty) means no file, not the current directory."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="METERING_", frozen=True, extra="ignore")
 
@@ -75,7 +80,9 @@ class Settings(BaseSettings):
     key_prefix: str = Field(default="metering", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
 
     # Behaviour
-    rules: Path | None = None
+    rules: Annotated[Path | None, BeforeValidator(_blank_is_none)] = None
+    # How often `metering run` checks the rules file for a change (0: only on SIGHUP).
+    rules_poll: Duration = timedelta(seconds=10)
     dedup_window: Duration = timedelta(hours=24)
     late_grace: Duration = timedelta(hours=48)
     future_tolerance: Duration = timedelta(minutes=5)

@@ -21,11 +21,22 @@ _DISCRIMINATORS = ("model", "kind")
 
 def load_catalog(path: str | Path) -> Catalog:
     """Read, parse and check a YAML rules file. Raises `RulesError` listing every problem."""
+    return read_catalog(path)[1]
+
+
+def read_catalog(path: str | Path) -> tuple[str, Catalog]:
+    """The file's text and its catalog, parsed from that very text (a reload hashes and
+    stores what it parsed, never a second read). Raises `RulesError` listing every problem."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RulesError(source, [Problem("", f"cannot read the rules file: {exc}")]) from exc
+    return text, parse_catalog_text(text, source)
+
+
+def parse_catalog_text(text: str, source: str) -> Catalog:
+    """A catalog from YAML text (a file's, or the one the service keeps in Redis)."""
     return parse_catalog(_parse_yaml(text, source), source)
 
 

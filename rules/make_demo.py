@@ -173,6 +173,7 @@ def dump(records: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_demo(now: datetime, out_dir: Path = HERE) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
     acc, ev = out_dir / "demo-accounts.jsonl", out_dir / "demo-events.jsonl"
     dump(accounts(now), acc)
     dump(events(now), ev)

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 import metering.cli.quote  # registers `quote`
 import metering.cli.rules_check  # noqa: F401  (registers `rules check`)
 from metering.cli.app import app
+from rules.loader import load_catalog
 
 EXAMPLE = str(Path(__file__).parents[1] / "rules" / "example.yaml")
 
@@ -52,6 +53,7 @@ def test_quote_json_shape() -> None:
             {"item": "usage:payments", "amount": "31.00"},
         ],
         "total": "215.46",
+        "rules_version": load_catalog(EXAMPLE).version,
     }
 
 
@@ -92,9 +94,12 @@ def test_quote_bad_input_is_one_line(args: list[str], fragment: str) -> None:
 
 
 def test_quote_without_rules_or_with_a_bad_file(tmp_path: Path) -> None:
-    code, _, err = run("quote", "--plan", "pro", env={"METERING_RULES": ""})
+    # No file and no service catalog (Redis unreachable): one line naming both ways out.
+    nowhere = {"METERING_RULES": "", "METERING_REDIS_URL": "redis://127.0.0.1:1/0"}
+    code, _, err = run("quote", "--plan", "pro", env=nowhere)
     assert code != 0
-    assert "METERING_RULES" in err
+    assert "METERING_RULES" in err and "service catalog" in err
+    assert len(err.strip().splitlines()) == 1
     bad = tmp_path / "bad.yaml"
     bad.write_text("currency: USD\ndefault_plan: x\nplans: {x: {price: '-1'}}\n")
     code, _, err = run("quote", "--rules", str(bad), "--plan", "x")

@@ -178,6 +178,7 @@ def test_series_derivation_matches_exposition() -> None:
     m.redis_seconds.labels(script="apply")
     m.consumer_lag.labels(topic="t", partition="0")
     m.retries.labels(dependency="redis")
+    m.meter_value_missing.labels(meter="tokens")
     exposed = {s.name for family in m.registry.collect() for s in family.samples}
     assert exposed == set(_series_labels()) - {"up"}
 

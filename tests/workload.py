@@ -27,6 +27,8 @@ class Oracle:
     lifetime: dict[tuple[str, str], Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     weeks: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
     seen: set[tuple[str, str]] = field(default_factory=set)
+    # meter -> distinct events it skipped because its value was absent
+    missing: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def add(self, ev: dict[str, Any]) -> None:
         if (ev["source"], ev["id"]) in self.seen:
@@ -40,30 +42,44 @@ class Oracle:
             self.counts[(acct, per, meter)] += 1
             self.weeks[(acct, meter, wk)] += 1
 
+        def has(name: str, meter: str) -> bool:
+            # SPEC 2.1: a meter whose value is absent (or null) skips the event; the event
+            # still counts in its other meters.
+            if data.get(name) is not None:
+                return True
+            self.missing[meter] += 1
+            return False
+
         t = ev["type"]
         if t == "api.request":
-            for m in ("api_calls", "active_users", "peak_concurrency"):
-                hit(m)
+            hit("api_calls")
             self.values[(acct, per, "api_calls")] += 1
             self.lifetime[(acct, "api_calls")] += 1
-            self.uniques[(acct, per, "active_users")].add(str(data["user_id"]))
-            self.lifetime[(acct, "active_users")] += 1
-            k = (acct, per, "peak_concurrency")
-            self.values[k] = max(self.values[k], Decimal(str(data["concurrency"])))
-            self.lifetime[(acct, "peak_concurrency")] += 1
+            if has("user_id", "active_users"):
+                hit("active_users")
+                self.uniques[(acct, per, "active_users")].add(str(data["user_id"]))
+                self.lifetime[(acct, "active_users")] += 1
+            if has("concurrency", "peak_concurrency"):
+                hit("peak_concurrency")
+                k = (acct, per, "peak_concurrency")
+                self.values[k] = max(self.values[k], Decimal(str(data["concurrency"])))
+                self.lifetime[(acct, "peak_concurrency")] += 1
         elif t == "app.session":
-            hit("active_users")
-            self.uniques[(acct, per, "active_users")].add(str(data["user_id"]))
-            self.lifetime[(acct, "active_users")] += 1
+            if has("user_id", "active_users"):
+                hit("active_users")
+                self.uniques[(acct, per, "active_users")].add(str(data["user_id"]))
+                self.lifetime[(acct, "active_users")] += 1
         elif t == "llm.completion":
-            hit("tokens")
-            self.values[(acct, per, "tokens")] += Decimal(str(data["tokens"]))
-            self.lifetime[(acct, "tokens")] += Decimal(str(data["tokens"]))
+            if has("tokens", "tokens"):
+                hit("tokens")
+                self.values[(acct, per, "tokens")] += Decimal(str(data["tokens"]))
+                self.lifetime[(acct, "tokens")] += Decimal(str(data["tokens"]))
         elif t == "payment.captured":
-            hit("payments")
-            self.values[(acct, per, "payments")] += Decimal(str(data["amount"]))
-            self.lifetime[(acct, "payments")] += Decimal(str(data["amount"]))
-        elif t == "storage.snapshot":
+            if has("amount", "payments"):
+                hit("payments")
+                self.values[(acct, per, "payments")] += Decimal(str(data["amount"]))
+                self.lifetime[(acct, "payments")] += Decimal(str(data["amount"]))
+        elif t == "storage.snapshot" and has("gb", "storage_gb"):
             hit("storage_gb")
             k = (acct, per, "storage_gb")
             if ts >= self.latest_ts.get(k, -1):
@@ -83,7 +99,14 @@ def event_data(rng: random.Random, etype: str, gb: tuple[float, float] = (0.0, 5
     """Random `data` of the shape the example meters read for an event type; a type no meter
     reads gets a payload nothing aggregates."""
     if etype == "api.request":
-        return {"user_id": f"u{rng.randrange(40)}", "concurrency": rng.randrange(1, 200)}
+        # Some API calls come without a user or a concurrency (SPEC 2.1: still billable calls).
+        data: dict[str, Any] = {"user_id": f"u{rng.randrange(40)}", "concurrency": rng.randrange(1, 200)}
+        omit = rng.random()
+        if omit < 0.04:
+            del data["user_id"]
+        elif omit < 0.08:
+            del data["concurrency"]
+        return data
     if etype == "app.session":
         return {"user_id": f"u{rng.randrange(40)}"}
     if etype == "llm.completion":

@@ -10,13 +10,16 @@ import orjson
 import typer
 
 from metering.cli.app import app, fail
-from metering.cli.common import catalog_or_fail, settings_or_fail
+from metering.cli.common import rules_or_fail, settings_or_fail
 
 
 @app.command()
 def account(
     account_id: Annotated[str, typer.Argument(metavar="ACCOUNT", help="The account id (event subject)")],
-    rules: Annotated[Path | None, typer.Option(help="Rules catalog (default METERING_RULES)")] = None,
+    rules: Annotated[
+        Path | None,
+        typer.Option(help="Rules catalog (default METERING_RULES, else the one the service runs)"),
+    ] = None,
     period: Annotated[str | None, typer.Option(help="Billing period YYYY-MM (default: current)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
@@ -32,20 +35,24 @@ def account(
     from metering.store import RedisStore
 
     settings = settings_or_fail()
-    catalog = catalog_or_fail(rules, settings)
     if period is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", period):
         fail(f"--period must be YYYY-MM, got {period!r}")
     if not account_id.strip():
         fail("ACCOUNT must not be empty")
     chosen = period or period_of(int(time.time() * 1000))
+    store = RedisStore(settings)
+    used = rules_or_fail(rules, settings, store)
     try:
-        store = RedisStore(settings)
-        view = account_view(store, catalog, account_id, chosen)
+        view = account_view(store, used.catalog, account_id, chosen)
+        running = store.stored_catalog()
     except StoreUnavailable as exc:
         fail(f"cannot read Redis: {exc}")
     if as_json:
         typer.echo(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
         return
+    used.say()
+    if running is not None and running.version != used.version:
+        typer.echo(f"rules: note: the service runs version {running.version}", err=True)
     console = Console()
     console.print(
         f"[bold]{view['account']}[/bold]  plan [bold]{view['plan']}[/bold] "

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from metering.cli.app import app, fail
+from metering.cli.common import Rules, rules_or_fail, settings_or_fail
 from metering.core.state import Usage
 from metering.errors import InputError, RulesError
 from metering.pricing.bill import Bill, price_bill
@@ -25,7 +26,12 @@ def quote(
     *,
     plan: Annotated[str, typer.Option("--plan", help="Plan to price.")],
     rules: Annotated[
-        Path | None, typer.Option("--rules", envvar="METERING_RULES", help="Rules file (YAML).")
+        Path | None,
+        typer.Option(
+            "--rules",
+            envvar="METERING_RULES",
+            help="Rules file (YAML); without one, the catalog the service runs (kept in Redis).",
+        ),
     ] = None,
     annual: Annotated[bool, typer.Option("--annual", help="Annual billing (discounts fixed lines).")] = False,
     seats: Annotated[
@@ -37,12 +43,10 @@ def quote(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Price one month of a plan: base, seats, add-ons and usage, each line and the total."""
-    if rules is None:
-        fail("no rules file: pass --rules FILE or set METERING_RULES")
     try:
-        catalog = load_catalog(rules)
+        used = _rules(rules)
         bill = _quote(
-            catalog,
+            used.catalog,
             plan,
             annual=annual,
             seats=seats,
@@ -53,9 +57,21 @@ def quote(
     except (RulesError, InputError) as exc:
         fail(str(exc))
     if as_json:
-        typer.echo(json.dumps(bill.to_json()))
+        typer.echo(json.dumps(bill.to_json() | {"rules_version": used.version}))
     else:
+        used.say()
         _print_table(bill, annual)
+
+
+def _rules(path: Path | None) -> Rules:
+    """The file given, else the service's catalog in Redis (settings are read only then: a
+    calculator with a file needs none)."""
+    if path is not None:
+        return Rules(load_catalog(path), str(path))
+    from metering.store import RedisStore
+
+    settings = settings_or_fail()
+    return rules_or_fail(None, settings, RedisStore(settings))
 
 
 def _quote(

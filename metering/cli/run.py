@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from metering.cli.app import app, fail
-from metering.cli.common import catalog_or_fail, settings_or_fail
+from metering.cli.common import catalog_text_or_fail, settings_or_fail
 
 
 @app.command()
@@ -19,17 +20,25 @@ def run(
 ) -> None:
     """Consume usage events, aggregate them in Redis, publish expansion triggers."""
     from consumers.http import serve
+    from consumers.reload import RulesWatcher
     from consumers.service import Service
     from metering.errors import MeteringError
     from metering.metrics import Metrics
 
     settings = settings_or_fail()
-    catalog = catalog_or_fail(rules, settings)
+    path = rules or settings.rules
+    if path is None:
+        fail("no rules file: pass --rules FILE or set METERING_RULES")
+    # absolute(), not resolve(): a Kubernetes ConfigMap is a symlink swapped on update, and a
+    # resolved path would keep reading the old target.
+    path = path.absolute()
+    text, catalog = catalog_text_or_fail(path)
+    watcher = RulesWatcher(path, text, catalog, settings.rules_poll.total_seconds(), time.monotonic())
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR)
     metrics = Metrics()
     try:
-        service = Service(settings, catalog, metrics)
+        service = Service(settings, catalog, metrics, watcher=watcher)
     except MeteringError as exc:
         fail(str(exc))
     try:
@@ -39,14 +48,16 @@ def run(
     except OSError as exc:
         fail(f"cannot serve HTTP on {settings.http_host}:{settings.http_port}: {exc}")
     service.install_signal_handlers()
+    service.install_reload_signal()
     try:
         service.connect()
     except MeteringError as exc:
         fail(str(exc))
     logging.getLogger("metering").info(
-        "metering run: rules %s (version %s), kafka %s, http %s:%d",
-        rules or settings.rules,
+        "metering run: rules %s (version %s; reloaded on SIGHUP%s), kafka %s, http %s:%d",
+        path,
         catalog.version,
+        f" and checked every {watcher.poll_seconds:g} s" if watcher.poll_seconds else "",
         settings.kafka_bootstrap,
         settings.http_host,
         server.server_address[1],

@@ -21,9 +21,11 @@ from kafka.errors import KafkaError
 
 from consumers import kafka_io
 from metering.cli.app import app, fail
-from metering.cli.common import catalog_or_fail, settings_or_fail
+from metering.cli.common import catalog_or_fail, settings_or_fail, stored_rules
+from metering.errors import StoreUnavailable
 from metering.settings import Settings
 from metering.triggers.registry import describe
+from rules.models import Catalog
 
 KIND_PREFIX = "expansion."
 TOPIC_WAIT_S = 10.0  # how long to wait for a named topic's metadata before giving up on it
@@ -64,13 +66,44 @@ def format_trigger(event: Mapping[str, Any]) -> str:
 
 
 def default_topics(settings: Settings, rules: Path | None) -> list[str]:
-    """The triggers topic plus every rule's own topic (when rules are given)."""
+    """The triggers topic plus every rule's own topic, from --rules, METERING_RULES, else the
+    catalog the service runs (best effort: tailing needs only topic names, so without Redis
+    it follows the triggers topic alone, with a warning)."""
     topics = [settings.topic_triggers]
     chosen = rules or settings.rules
     if chosen is not None:
-        catalog = catalog_or_fail(chosen, settings)
+        catalog: Catalog | None = catalog_or_fail(chosen, settings)
+    else:
+        catalog = _service_catalog(settings)
+    if catalog is not None:
         topics += sorted({r.topic for r in catalog.triggers if r.topic} - set(topics))
     return topics
+
+
+def _service_catalog(settings: Settings) -> Catalog | None:
+    from metering.store import RedisStore
+
+    store = RedisStore(settings)
+    try:
+        found = stored_rules(store)
+    except StoreUnavailable as exc:
+        typer.echo(
+            f"metering: warning: no rules file and no service catalog ({exc}): "
+            f"following {settings.topic_triggers} only",
+            err=True,
+        )
+        return None
+    finally:
+        store.close()
+    if found is None:
+        typer.echo(
+            f"metering: warning: no rules file and no service catalog in Redis: "
+            f"following {settings.topic_triggers} only",
+            err=True,
+        )
+        return None
+    found.say()
+    return found.catalog
 
 
 def _assign(consumer: Any, topics: Iterable[str]) -> list[Any]:
@@ -94,7 +127,10 @@ def tail(
     topics: Annotated[list[str] | None, typer.Argument(help="Topics (default: the trigger topics).")] = None,
     *,
     rules: Annotated[
-        Path | None, typer.Option("--rules", help="Rules file whose per-rule topics to follow.")
+        Path | None,
+        typer.Option(
+            "--rules", help="Rules file whose per-rule topics to follow (default: the service's catalog)."
+        ),
     ] = None,
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest.")] = False,
     max_count: Annotated[

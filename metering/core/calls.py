@@ -100,3 +100,13 @@ class OutboxAck(NamedTuple):
 class SubscriptionUpdate(NamedTuple):
     account: str
     state: dict[str, str]  # the flat state (always with "time"): last by event time wins
+
+
+@dataclass(frozen=True)
+class StoredCatalog:
+    """The catalog a service runs, as a store keeps it for the commands of other terminals."""
+
+    text: str  # the YAML as read from the rules file
+    version: str
+    source: str  # the file it came from, on the service's machine
+    saved_ms: int

@@ -1,15 +1,21 @@
-"""From an event to meter updates (SPEC 3.1), pure.
+"""From an event to meter updates (SPEC 2.1, 3.1), pure.
 
 A meter matches an event by type and filter; it then reads its value. An update is
 `(meter, op, arg)` where op is the aggregation's store op and arg an exact string:
 count -> "", sum/max -> the value in micro-units (integer string), unique_count -> the
 member, latest -> the value as a plain decimal string. Scaled integers keep Redis and Lua
 arithmetic exact (Lua numbers are doubles; Redis HINCRBY is int64).
+
+Each meter is computed on its own (SPEC 2.1): a matching meter whose value path is absent
+(or JSON null) skips the event, as a filter that does not hold would, and is reported as
+missing (data, not an error: the caller counts it); the event still counts in its other
+meters. A value that is present but unreadable raises BadEvent("bad_value") and so
+dead-letters the whole event: nothing of it is counted, and a fixed copy can be sent again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -25,6 +31,10 @@ _MAX_INT = 10**12
 
 OP = {"count": "c", "sum": "s", "max": "x", "unique_count": "u", "latest": "l"}
 Update = tuple[str, str, str]
+# A compiled meter's answer for one event: its update, None when type or filter rejects the
+# event, or the meter's name (a str) when its value path is absent.
+Outcome = Update | str | None
+NOTHING_MISSING: tuple[str, ...] = ()
 
 _MISSING = object()
 
@@ -98,28 +108,37 @@ def from_micro(text: str | bytes | int) -> Decimal:
 
 class MeterIndex:
     """The catalog's meters indexed by event type, each compiled once per rules version
-    into one function from an event to its update (or None when the filter rejects it)."""
+    into one function from an event to its outcome (an update, None, or a missing value)."""
 
     def __init__(self, catalog: Catalog) -> None:
         self.meters: Mapping[str, Meter] = catalog.meters
-        by_type: dict[str, list[Callable[[Event], Update | None]]] = {}
+        by_type: dict[str, list[Callable[[Event], Outcome]]] = {}
         for name, meter in catalog.meters.items():
             fn = _compile(name, meter)
             for etype in meter.event_type:
                 by_type.setdefault(etype, []).append(fn)
         self._by_type = by_type
+        # The meters that read a value: the only ones that can report one missing.
+        self.valued: tuple[str, ...] = tuple(n for n, m in catalog.meters.items() if m.value is not None)
 
-    def updates(self, event: Event) -> list[Update]:
-        """Every matching meter's update; BadEvent if a matching meter cannot read its value."""
+    def updates(self, event: Event) -> tuple[list[Update], Sequence[str]]:
+        """(every matching meter's update, the matching meters whose value path is absent);
+        BadEvent if a matching meter's value is present but unreadable. An event with neither
+        matched no meter."""
         out: list[Update] = []
+        missing: Sequence[str] = NOTHING_MISSING
         for fn in self._by_type.get(event.type, ()):
             u = fn(event)
-            if u is not None:
+            if u is None:
+                continue
+            if isinstance(u, str):  # rare: a missing value
+                missing = [*missing, u]
+            else:
                 out.append(u)
-        return out
+        return out, missing
 
 
-def _compile(name: str, meter: Meter) -> Callable[[Event], Update | None]:
+def _compile(name: str, meter: Meter) -> Callable[[Event], Outcome]:
     op = OP[meter.aggregation]
     filters = [(getter(p), v) for p, v in (meter.filter or {}).items()]
 
@@ -134,12 +153,12 @@ def _compile(name: str, meter: Meter) -> Callable[[Event], Update | None]:
     assert meter.value is not None  # the loader requires a value for these aggregations
     value, path = getter(meter.value), meter.value
 
-    def update(event: Event) -> Update | None:
+    def update(event: Event) -> Outcome:
         if filters and rejected(event):
             return None
         raw = value(event)
         if raw is _MISSING:
-            raise BadEvent("bad_value", f"meter {name}: {path} is missing")
+            return name  # skipped: SPEC 2.1, the event still counts in its other meters
         if op == "u":
             if isinstance(raw, bool) or not isinstance(raw, str | int):
                 raise BadEvent("bad_value", f"meter {name}: {path} must be a string or integer")

@@ -1,16 +1,24 @@
 """Planning one polled batch (pure): decode and validate every record, map events to meter
 updates, group them into one store call per (account, partition), and set aside the records
-that must be dead-lettered. Time is passed in (`now_ms`), never read here."""
+that must be dead-lettered. Time is passed in (`now_ms`), never read here.
+
+An event that a matching meter skips for a missing value, or that matches no meter, is still
+planned (SPEC 2.1: never dead-lettered, never blocking the partition): it goes into its
+account's call like any other, so its offset advances the watermark and its (source, id)
+takes a dedup slot (a `feature.requested` event, which no example meter reads, reaches
+trigger evaluation exactly once that way). The plan notes such events as data; the service
+counts them once the store says they were counted (not for duplicates or redeliveries)."""
 
 from __future__ import annotations
 
 import binascii
 import hashlib
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from metering.core.calls import ApplyCall, EventUpdate
+from metering.core.calls import APPLIED, ApplyCall, EventUpdate
 from metering.core.events import Event, decode_event
 from metering.core.meters import MeterIndex
 from metering.core.periods import DAY_MS, iso_week, period_of, period_start_ms
@@ -70,10 +78,16 @@ class Limits:
 
 @dataclass
 class AccountBatch:
-    """One store call and the decoded events behind it (`events[i]` is `call.events[i]`)."""
+    """One store call and the decoded events behind it (`events[i]` is `call.events[i]`).
+
+    `missing`: (i, meters) for each event that matching meters skipped because their value
+    path is absent; `unmetered`: each i of an event that matched no meter. Both are rare
+    and kept only when they occur."""
 
     call: ApplyCall
     events: list[Event] = field(default_factory=list)
+    missing: list[tuple[int, Sequence[str]]] = field(default_factory=list)
+    unmetered: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -152,6 +166,7 @@ def plan_batch(
 ) -> BatchPlan:
     groups: dict[tuple[str, str], AccountBatch] = {}
     pending: dict[tuple[str, str], tuple[list[Event], list[EventUpdate]]] = {}
+    notes: dict[tuple[str, str], tuple[list[tuple[int, Sequence[str]]], list[int]]] = {}
     dead: list[DeadLetter] = []
     window = TimeWindow.at(now_ms, limits)
     latest_ms, earliest_ms = window.latest_ms, window.earliest_ms or 0
@@ -163,7 +178,7 @@ def plan_batch(
             event = decode_event(rec.value, rec.headers, max_bytes)
             if not earliest_ms <= event.time_ms <= latest_ms:
                 window.check(event)  # raises with the reason (with late grace 0, any age is fine)
-            updates = updates_of(event)
+            updates, missing = updates_of(event)
         except BadEvent as exc:
             dead.append(DeadLetter(rec, exc.reason, exc.detail))
             continue
@@ -180,6 +195,14 @@ def plan_batch(
         group[1].append(
             EventUpdate(rec.offset, id_digest(event.source, event.id), period, week, event.time_ms, updates)
         )
+        if missing or not updates:
+            note = notes.get(key)
+            if note is None:
+                note = notes[key] = ([], [])
+            if missing:
+                note[0].append((len(group[0]) - 1, missing))
+            else:
+                note[1].append(len(group[0]) - 1)
     current = period_of(now_ms)
     uniq = [n for n, m in index.meters.items() if m.aggregation == "unique_count"]
     weeks = engine.week_meters()
@@ -189,8 +212,25 @@ def plan_batch(
         # only time power_user looks at them).
         moved = [m for m in weeks if any(u[0] == m for a in args for u in a.updates)] if weeks else weeks
         call = ApplyCall(account, wm_field, args, periods, uniq, moved, engine.mark_fields(evs))
-        groups[(account, wm_field)] = AccountBatch(call, evs)
+        missed, unmetered = notes.get((account, wm_field), ([], []))
+        groups[(account, wm_field)] = AccountBatch(call, evs, missed, unmetered)
     return BatchPlan(list(groups.values()), dead)
+
+
+def skips(counted: Iterable[tuple[AccountBatch, str]]) -> tuple[Counter[str], int]:
+    """Over (batch, its store flags): per meter, the counted events it skipped for a missing
+    value, and the counted events that matched no meter. Only events the store applied
+    (APPLIED) count: a duplicate or a redelivery was counted when first applied."""
+    missing: Counter[str] = Counter()
+    unmetered = 0
+    for batch, flags in counted:
+        for i, meters in batch.missing:
+            if flags[i] == APPLIED:
+                missing.update(meters)
+        for i in batch.unmetered:
+            if flags[i] == APPLIED:
+                unmetered += 1
+    return missing, unmetered
 
 
 def dead_letter_headers(d: DeadLetter) -> list[tuple[str, bytes]]:

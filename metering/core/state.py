@@ -93,6 +93,8 @@ def _period_fields(catalog: Catalog) -> dict[bytes | str, tuple[str, str]]:
         value_kind = "micro" if meter.aggregation in ("sum", "max") else "plain"
         for f, kind in ((f"{name}:n", "n"), (f"{name}:v", value_kind)):
             table[f] = table[f.encode()] = (name, kind)
+    if len(_FIELDS) >= 8:  # catalogs of earlier reloads (or tests): never more than a few
+        _FIELDS.clear()
     _FIELDS[id(catalog)] = (catalog, table)
     return table
 

@@ -52,4 +52,5 @@ def account_view(store: Store, catalog: Catalog, account: str, period: str) -> d
         "total": priced["total"],
         "currency": catalog.currency,
         "triggers": triggers,
+        "rules_version": catalog.version,
     }

@@ -23,6 +23,7 @@ from metering.core.calls import (
     FireCall,
     FireResult,
     OutboxAck,
+    StoredCatalog,
     SubscriptionUpdate,
 )
 
@@ -78,6 +79,14 @@ class Store(ABC):
     @abstractmethod
     def set_subscriptions(self, updates: Sequence[SubscriptionUpdate]) -> list[bool]:
         """Store subscription states, last by event time wins; True where applied."""
+
+    @abstractmethod
+    def save_catalog(self, catalog: StoredCatalog) -> None:
+        """Record the catalog the service runs (readers see the old or the new, never a mix)."""
+
+    @abstractmethod
+    def stored_catalog(self) -> StoredCatalog | None:
+        """The catalog a service last recorded, or None."""
 
     @abstractmethod
     def read_account(

@@ -52,3 +52,11 @@ LUA: Final = MappingProxyType(
         "dedup": DEDUP,
     }
 )
+
+
+def catalog_key(prefix: str) -> str:
+    """`<prefix>:catalog`, a hash (`yaml`, `version`, `source`, `saved_ms`): the catalog the
+    service runs, for the commands of a second terminal. Not an account key, so no hash tag:
+    it is read and written alone, one command at a time, and on Redis Cluster simply lives in
+    the slot its name hashes to. It cannot collide with an account key (those carry `{`)."""
+    return f"{prefix}:catalog"

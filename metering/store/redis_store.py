@@ -19,6 +19,7 @@ from metering.core.calls import (
     FireCall,
     FireResult,
     OutboxAck,
+    StoredCatalog,
     SubscriptionUpdate,
 )
 from metering.metrics import Metrics
@@ -122,6 +123,26 @@ class RedisStore(Store):
             lambda u: codec.subscription_args(self.base(u.account), u),
             codec.parse_subscription,
         ).result()
+
+    def save_catalog(self, catalog: StoredCatalog) -> None:
+        mapping = {
+            "yaml": catalog.text,
+            "version": catalog.version,
+            "source": catalog.source,
+            "saved_ms": str(catalog.saved_ms),
+        }
+        with mapped():
+            self.r.hset(keys.catalog_key(self.prefix), mapping=mapping)  # type: ignore[arg-type]
+
+    def stored_catalog(self) -> StoredCatalog | None:
+        with mapped():
+            raw = self.r.hgetall(keys.catalog_key(self.prefix))
+        got = {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+        if "yaml" not in got or "version" not in got:
+            return None
+        return StoredCatalog(
+            got["yaml"], got["version"], got.get("source", ""), int(got.get("saved_ms", "0"))
+        )
 
     def read_account(
         self, account: str, period: str, uniq: Sequence[str], weeks: Sequence[str]

@@ -1,7 +1,10 @@
 """The fault scenario's workload and its independent oracle: expected aggregates and the
 expected set of trigger ids, written from SPEC 3.1 and 3.3 directly.
 
-Aggregates come from `tests.workload.Oracle` (plain dict arithmetic). Trigger ids come from
+Aggregates come from `tests.workload.Oracle` (plain dict arithmetic, per meter: an event
+whose value for a meter is absent — some API calls carry no user or no concurrency — counts
+in its other meters only, SPEC 2.1; an event of a type no meter reads counts nowhere, and
+an absent value is never a dead letter). Trigger ids come from
 `expected_triggers` below, which decides from the *final* expected aggregates, the
 subscriptions and the feature requests which once-per scopes must have fired, and hashes them
 with the deterministic id of SPEC 3.3 (`trigger_id(account, field, seq)`). The only product

@@ -408,8 +408,9 @@ def corpus(now_ms: int = NOW_MS) -> list[tuple[str, bytes | None, list[tuple[str
     # data and meter values
     add("data string", j(g(40, data="tokens")), "bad_value")
     add("data list", j(g(41, data=[10])), "bad_value")
-    add("tokens missing", j(g(42, data={})), "bad_value")
-    add("tokens null", j(g(43, data={"tokens": None})), "bad_value")
+    # SPEC 2.1: an absent value skips that meter only (never a dead letter); null is absent
+    add("tokens missing", j(g(42, data={})), COUNTED)
+    add("tokens null", j(g(43, data={"tokens": None})), COUNTED)
     add("tokens text", j(g(44, data={"tokens": "lots"})), "bad_value")
     add("tokens bool", j(g(45, data={"tokens": True})), "bad_value")
     add("tokens object", j(g(46, data={"tokens": {"n": 1}})), "bad_value")
@@ -442,6 +443,13 @@ def corpus(now_ms: int = NOW_MS) -> list[tuple[str, bytes | None, list[tuple[str
     add("user_id integer", j(g(68, type="api.request", data=api | {"user_id": 42})), COUNTED)
     add("concurrency huge", j(g(69, type="api.request", data=api | {"concurrency": 10**15})), "bad_value")
     add("api request", j(g(70, type="api.request", data=api)), COUNTED)
+    add("api request without user_id", j(g(76, type="api.request", data={"concurrency": 3})), COUNTED)
+    add("api request without values", j(g(77, type="api.request", data=None)), COUNTED)
+    add(
+        "api request without user_id, concurrency text",
+        j(g(78, type="api.request", data={"concurrency": "high"})),
+        "bad_value",
+    )
     # types
     add("unknown type", j(g(71, type="x.unknown", data={"whatever": [1]})), COUNTED)
     add("unknown type without data", j(g(72, type="x.unknown", data=None)), COUNTED)
