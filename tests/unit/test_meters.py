@@ -6,7 +6,6 @@ planned like any other and noted as unmetered."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,8 +20,8 @@ from metering.core.plan import Limits, Record, plan_batch, skips
 from metering.errors import BadEvent
 from metering.triggers import TriggerEngine
 from rules.loader import load_catalog
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 CATALOG = load_catalog(ROOT / "rules" / "example.yaml")
 INDEX = MeterIndex(CATALOG)
 ENGINE = TriggerEngine(CATALOG, "usage.triggers")

@@ -9,8 +9,8 @@ import pytest
 from consumers.reload import RulesWatcher, incompatible
 from metering.errors import RulesError
 from rules.loader import parse_catalog_text
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = (ROOT / "rules" / "example.yaml").read_text()
 FREE_LIMITS = "limits: {api_calls: 10000, active_users: 3, storage_gb: 1}"
 

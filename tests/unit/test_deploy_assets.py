@@ -26,8 +26,8 @@ import yaml
 from metering.metrics import Metrics
 from metering.settings import Settings
 from rules.loader import parse_catalog
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "metering.json"
 PROMETHEUS = DEPLOY / "prometheus"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 from metering.core.events import Event
 from metering.core.periods import format_rfc3339, period_of, to_ms
@@ -13,10 +12,11 @@ from metering.core.state import AccountState, PeriodUsage
 from metering.core.subscriptions import Subscription
 from metering.triggers import Item, TriggerEngine
 from rules.loader import load_catalog
+from tests.paths import EXAMPLE_PATH
 
 T0 = to_ms(datetime(2026, 11, 11, 12, 0, tzinfo=UTC))
 PERIOD = period_of(T0)
-CATALOG = load_catalog(Path(__file__).resolve().parent.parent / "rules" / "example.yaml")
+CATALOG = load_catalog(EXAMPLE_PATH)
 
 
 def _state(api_calls: int) -> AccountState:

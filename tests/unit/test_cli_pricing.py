@@ -12,8 +12,9 @@ import metering.cli.quote  # registers `quote`
 import metering.cli.rules_check  # noqa: F401  (registers `rules check`)
 from metering.cli.app import app
 from rules.loader import load_catalog
+from tests.paths import EXAMPLE_PATH
 
-EXAMPLE = str(Path(__file__).parents[1] / "rules" / "example.yaml")
+EXAMPLE = str(EXAMPLE_PATH)
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

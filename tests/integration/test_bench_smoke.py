@@ -7,14 +7,14 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import orjson
 import pytest
 import redis
 from kafka import KafkaAdminClient
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import ROOT
+
 LATEST = ROOT / "bench" / "results" / "latest.json"
 
 KEYS = (

@@ -34,9 +34,9 @@ from kafka import KafkaProducer
 from consumers.topics import ensure_topics
 from metering.core.periods import format_rfc3339
 from metering.settings import Settings
+from tests.paths import ROOT
 from tests.pipeline_util import isolated_settings, start_run
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "deploy" / "local" / "prometheus.sh"
 PROM_DIR = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "metering.json"

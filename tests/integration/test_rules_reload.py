@@ -42,9 +42,9 @@ from metering.store import RedisStore, Store
 from rules.loader import parse_catalog_text
 from rules.models import Catalog
 from tests.kafka_util import produce, read_all
+from tests.paths import ROOT
 from tests.pipeline_util import start_run, wait_committed
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = (ROOT / "rules" / "example.yaml").read_text()
 FREE_LIMITS = "limits: {api_calls: 10000, active_users: 3, storage_gb: 1}"
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from metering.errors import InputError
 from metering.pricing import Bill, Usage, price_bill
 from rules.loader import load_catalog, parse_catalog
+from tests.paths import EXAMPLE_PATH
 
-CATALOG = load_catalog(Path(__file__).parents[1] / "rules" / "example.yaml")
+CATALOG = load_catalog(EXAMPLE_PATH)
 
 
 def amounts(bill: Bill) -> dict[str, str]:

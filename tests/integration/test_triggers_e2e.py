@@ -32,9 +32,9 @@ from rules import make_demo
 from rules.loader import load_catalog
 from rules.models import Catalog
 from tests.kafka_util import produce, read_all
+from tests.paths import ROOT
 from tests.pipeline_util import service_env
 
-ROOT = Path(__file__).resolve().parent.parent
 CONTENT_TYPE = ("content-type", b"application/cloudevents+json; charset=utf-8")
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from metering.errors import InputError
 from metering.pricing import Offer, offer_for_feature, offer_for_limit
 from rules.loader import load_catalog, parse_catalog
+from tests.paths import EXAMPLE_PATH
 
-EXAMPLE = load_catalog(Path(__file__).parents[1] / "rules" / "example.yaml")
+EXAMPLE = load_catalog(EXAMPLE_PATH)
 
 
 @pytest.mark.parametrize(

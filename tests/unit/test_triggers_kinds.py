@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import orjson
 import pytest
@@ -24,8 +23,8 @@ from metering.pricing.bill import Usage
 from metering.triggers import Candidate, Item, TriggerEngine, trigger_id
 from rules.loader import load_catalog
 from rules.models import Catalog
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "acct-42"
 # A Wednesday in the middle of a month: the week and the period both contain +/- 2 days.
 NOW = to_ms(datetime(2026, 11, 11, 12, 0, tzinfo=UTC))

@@ -7,7 +7,6 @@ reprices every unit at the cheaper tier. Its property holds within a tier only.
 from __future__ import annotations
 
 from decimal import ROUND_CEILING, Decimal
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,8 +15,9 @@ from pydantic import TypeAdapter
 from metering.pricing import Usage, charge, price_bill
 from rules.loader import load_catalog
 from rules.models import Graduated, Package, PriceModel, Tier, Volume
+from tests.paths import EXAMPLE_PATH
 
-EXAMPLE = load_catalog(Path(__file__).parents[1] / "rules" / "example.yaml")
+EXAMPLE = load_catalog(EXAMPLE_PATH)
 _ADAPTER: TypeAdapter[PriceModel] = TypeAdapter(PriceModel)
 
 prices = st.decimals(min_value=0, max_value=1000, places=4)
