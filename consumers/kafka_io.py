@@ -3,6 +3,7 @@ built here from Settings, so security settings (SASL/SCRAM, TLS) apply everywher
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -11,6 +12,7 @@ from metering.settings import Settings
 
 
 def common_config(settings: Settings) -> dict[str, Any]:
+    """Connection and security settings every client shares."""
     cfg: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap.split(","),
         "security_protocol": settings.kafka_security_protocol,
@@ -33,6 +35,10 @@ def common_config(settings: Settings) -> dict[str, Any]:
     return cfg
 
 
+def _ms(d: timedelta) -> int:
+    return int(d.total_seconds() * 1000)
+
+
 def admin_client(settings: Settings, **extra: Any) -> KafkaAdminClient:
     return KafkaAdminClient(**(common_config(settings) | {"request_timeout_ms": 10000} | extra))
 
@@ -49,6 +55,7 @@ def producer(settings: Settings, **extra: Any) -> KafkaProducer:
         # A send that cannot get metadata fails fast (and is retried by the policy) instead
         # of blocking the loop, so SIGTERM is honoured within its 10 s.
         "max_block_ms": 5000,
+        "metadata_max_age_ms": _ms(settings.kafka_metadata_max_age),
     }
     return KafkaProducer(**(cfg | extra))
 
@@ -62,5 +69,8 @@ def consumer(settings: Settings, *topics: str, **extra: Any) -> KafkaConsumer:
         "max_partition_fetch_bytes": settings.max_partition_fetch_bytes,
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": max(500, settings.session_timeout_ms // 4),
+        # Partitions added to a subscribed topic are assigned within this age.
+        "metadata_max_age_ms": _ms(settings.kafka_metadata_max_age),
+        "max_poll_interval_ms": _ms(settings.kafka_rebalance_timeout),
     }
     return KafkaConsumer(*topics, **(cfg | extra))
