@@ -3,13 +3,14 @@
     python -m bench.fresh_start --runs 20                 # this tree's service
     python -m bench.fresh_start --runs 20 --code DIR      # another checkout's (e.g. `main`)
 
-Each run: a fresh topic set (8 partitions) is created and, in the same second, `metering run`
-is started as a child process (with `--code DIR` first on its PYTHONPATH) and `--events` usage
-events are produced. The run is counted when the group committed the end of every events
-partition and the service's `metering_events_processed_total` equals the events sent, within
-`--deadline` seconds; otherwise it is a stall. Per run it prints the time to count, how often
-the service logged "assigned", its consumer restarts and forced rejoins (when the tree has
-those metrics), and its CPU seconds. Topics, Redis keys and children are removed afterwards.
+Each run (`--parallel` of them at a time): a fresh topic set (8 partitions) is created and,
+in the same second, `metering run` is started as a child process (with `--code DIR` first on
+its PYTHONPATH) and `--events` usage events are produced. The run is counted when the group
+committed the end of every events partition and the service's
+`metering_events_processed_total` equals the events sent, within `--deadline` seconds;
+otherwise it is a stall. Per run it prints the time to count, the partition counts the
+service logged as assigned, its consumer restarts and forced rejoins (when the tree has those
+metrics) and its CPU seconds. Topics, Redis keys and children are removed afterwards.
 
 The machine is shared: other work on it changes the timings the stall depends on, so compare
 figures taken the same way at about the same time.
@@ -22,9 +23,11 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from kafka.admin import NewTopic
 
 from bench.infra import (
     KAFKA,
+    ROOT,
     CommitWatch,
     Run,
     cleanup,
@@ -43,7 +47,6 @@ from bench.infra import (
     metric_totals,
     rules_for,
     service_env,
-    start_engine,
     stop,
 )
 
@@ -99,7 +102,17 @@ def one_run(i: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         admin.create_topics(new, timeout_ms=30000)
         run.topics_created += [t.name for t in new]
         t0 = time.monotonic()
-        proc = start_engine(run, env, log)
+        # In the checkout's folder: `python -m` puts the working directory first on sys.path.
+        with log.open("ab") as fh:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "metering.cli", "run"],
+                cwd=args.code or ROOT,
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        run.children.append(proc)
         producer = KafkaProducer(bootstrap_servers=KAFKA, acks="all", linger_ms=5)
         for key, value in _events(args.events, run.run_id):
             producer.send(topics.events, key=key, value=value)
@@ -148,18 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=300)
     p.add_argument("--deadline", type=float, default=45.0, help="seconds from start to all counted")
     p.add_argument("--code", help="a checkout whose metering run to start (first on PYTHONPATH)")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time (more load, as on a busy host)")
     p.add_argument("--out", help="write every run's result here (JSON)")
     args = p.parse_args(argv)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="fresh-start-") as tmp:
-        for i in range(1, args.runs + 1):
-            r = one_run(i, args, Path(tmp))
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="fresh-start-") as tmp, ThreadPoolExecutor(args.parallel) as pool:
+        for r in pool.map(lambda i: one_run(i, args, Path(tmp)), range(1, args.runs + 1)):
             results.append(r)
             print(json.dumps(r), flush=True)
             if not r["counted"]:
-                keep = Path(tmp) / f"run-{i}.log"
-                saved = Path(tempfile.gettempdir()) / f"fresh-start-stall-{os.getpid()}-{i}.log"
-                saved.write_bytes(keep.read_bytes())
+                saved = Path(tempfile.gettempdir()) / f"fresh-start-stall-{os.getpid()}-{r['run']}.log"
+                saved.write_bytes((Path(tmp) / f"run-{r['run']}.log").read_bytes())
                 print(f"  stalled: log kept at {saved}", flush=True)
     stalls = sum(1 for r in results if not r["counted"])
     secs = sorted(r["seconds"] for r in results if r["seconds"] is not None)
