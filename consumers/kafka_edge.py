@@ -25,6 +25,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import MemberState, OffsetAndMetadata
 
 from consumers import kafka_internals, kafka_io
+from consumers.kafka_io import AuthFailureWatch
 from consumers.liveness import MemberView
 from metering.batch import RecordLike
 from metering.errors import BrokerUnavailable, CommitRefused, ConfigError, MeteringError
@@ -79,29 +80,6 @@ def _mapped(what: str) -> Iterator[None]:
         yield
     except kerr.KafkaError as exc:
         raise metering_error(exc, what) from exc
-
-
-class AuthFailureWatch(logging.Handler):
-    """Catches kafka-python's log record of a refused SASL login while clients connect."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.failed = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "Authentication failed" in record.getMessage():
-            self.failed = True
-
-    @contextlib.contextmanager
-    def attached(self) -> Iterator[None]:
-        kafka_log = logging.getLogger("kafka")
-        kafka_log.addHandler(self)
-        propagate, kafka_log.propagate = kafka_log.propagate, False
-        try:
-            yield
-        finally:
-            kafka_log.removeHandler(self)
-            kafka_log.propagate = propagate
 
 
 @contextlib.contextmanager
@@ -193,13 +171,19 @@ class GroupConsumer:
         self._mendable = kafka_internals.probe(client)
         self._last_fetch = None
 
+    def _open_client(self) -> Any:
+        if self._client is None:  # closed, or a reopen that has not succeeded yet
+            raise BrokerUnavailable("kafka: the consumer is not connected")
+        return self._client
+
     def poll(self, timeout_ms: int, max_records: int) -> list[RecordLike]:
+        client = self._open_client()
         with _mapped("polling"):
-            batch = self._client.poll(timeout_ms=timeout_ms, max_records=max_records)
+            batch = client.poll(timeout_ms=timeout_ms, max_records=max_records)
         records: list[RecordLike] = [r for part in batch.values() for r in part]
         if records:
             self._last_fetch = self.clock()
-        if self._mendable and kafka_internals.mend_half_done_join(self._client):
+        if self._mendable and kafka_internals.mend_half_done_join(client):
             log.warning("kafka-python left a group join half done; the next poll finishes it")
             self.on_forced_rejoin()
         return records
@@ -211,12 +195,14 @@ class GroupConsumer:
             err = metering_error(response, "commit") if isinstance(response, Exception) else None
             done(offsets, err)
 
+        client = self._open_client()
         with _mapped("committing offsets"):
-            self._client.commit_async(offsets=_kafka_offsets(offsets), callback=callback)
+            client.commit_async(offsets=_kafka_offsets(offsets), callback=callback)
 
     def commit(self, offsets: Mapping[Partition, int], timeout_ms: int | None = None) -> None:
+        client = self._open_client()
         with _mapped("committing offsets"):
-            self._client.commit(offsets=_kafka_offsets(offsets), timeout_ms=timeout_ms)
+            client.commit(offsets=_kafka_offsets(offsets), timeout_ms=timeout_ms)
 
     def assignment(self) -> frozenset[Partition]:
         if self._client is None:
@@ -237,12 +223,15 @@ class GroupConsumer:
 
     def lag(self, p: Partition) -> int | None:
         """Records behind the end of an assigned partition; None until both are known."""
+        client = self._client
+        if client is None:
+            return None
         tp = TopicPartition(p.topic, p.partition)
-        high = self._client.highwater(tp)
+        high = client.highwater(tp)
         if high is None:
             return None
         try:
-            pos = self._client.position(tp, timeout_ms=0)
+            pos = client.position(tp, timeout_ms=0)
         except Exception:  # position unknown until the first fetch
             return None
         return None if pos is None else max(0, high - pos)

@@ -1,8 +1,13 @@
 """Kafka client construction: every consumer, producer and admin client of the project is
-built here from Settings, so security settings (SASL/SCRAM, TLS) apply everywhere alike."""
+built here from Settings, so security settings (SASL/SCRAM, TLS) apply everywhere alike; and
+the watch that tells a refused SASL login (kafka-python only logs it) from an unreachable
+broker while a client connects."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -74,3 +79,26 @@ def consumer(settings: Settings, *topics: str, **extra: Any) -> KafkaConsumer:
         "max_poll_interval_ms": _ms(settings.kafka_rebalance_timeout),
     }
     return KafkaConsumer(*topics, **(cfg | extra))
+
+
+class AuthFailureWatch(logging.Handler):
+    """Catches kafka-python's log record of a refused SASL login while clients connect."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Authentication failed" in record.getMessage():
+            self.failed = True
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        kafka_log = logging.getLogger("kafka")
+        kafka_log.addHandler(self)
+        propagate, kafka_log.propagate = kafka_log.propagate, False
+        try:
+            yield
+        finally:
+            kafka_log.removeHandler(self)
+            kafka_log.propagate = propagate
