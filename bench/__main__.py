@@ -1,22 +1,26 @@
 """`python -m bench`: the SPEC §6 benchmark, one command, one run, one table.
 
-Phases, one after another on the same topic contents: load, ceiling, naive (a sample),
-engine, Redis memory; then trigger latency on a fresh topic set at half the engine's rate.
-Everything it creates (topics, Redis keys, child processes) is named after the run id and
-removed at the end; logs and the JSON stay in bench/results/ (git-ignored).
+Phases, one after another on the same topic contents: load, ceiling, naive (a sample), a Quix
+Streams application, engine, Redis memory; then trigger latency on a fresh topic set at half
+the engine's rate.
+Everything it creates (topics, Redis keys, consumer groups, child processes, the Quix state
+folder) is named after the run id and removed at the end; logs and the JSON stay in
+bench/results/ (git-ignored).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
-from bench import ceiling, engine, latency, memory, naive, report
+from bench import ceiling, engine, latency, memory, naive, quix, report
 from bench.infra import RESULTS, Run, cleanup, create_topics, end_offsets, ensure_services, machine, rules_for
 from bench.workload import generate, load
 
@@ -38,6 +42,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.5,
         help="paced rate as a fraction of the engine's (SPEC: 0.5)",
+    )
+    p.add_argument("--skip-quix", action="store_true", help="leave out the Quix Streams row")
+    p.add_argument(
+        "--quix-no-changelog",
+        action="store_true",
+        help="run the Quix application without its state changelog topic (default: with, Quix's default)",
+    )
+    p.add_argument(
+        "--quix-timeout", type=float, default=1800.0, help="bound on the Quix phase, seconds (default 1800)"
     )
     p.add_argument("--engine-max-poll-records", type=int, default=None, help="METERING_MAX_POLL_RECORDS")
     p.add_argument("--profile", action="store_true", help="run the engine phase under pyinstrument")
@@ -88,6 +101,20 @@ def main(argv: list[str] | None = None) -> int:
             main_topics.events, run.group("naive"), run.prefix("naive"), naive_triggers, args.naive_events
         )
         say(f"naive: {nv['eps']:,.0f} ev/s over {nv['events']:,} events")
+        if args.skip_quix:
+            qx: dict[str, Any] = {"eps": math.nan, "error": None, "skipped": True}
+        else:
+            qx = quix.run_quix(
+                run,
+                main_topics.events,
+                run.group("quix"),
+                ends,
+                out_dir,
+                changelog=not args.quix_no_changelog,
+                timeout=args.quix_timeout,
+            )
+            failed = qx["error"] is not None
+            say(f"quix: failed: {escape(qx['error'])}" if failed else f"quix: {qx['eps']:,.0f} ev/s")
         profile = out_dir / "engine-profile.txt" if args.profile else None
         eng = engine.run_engine(
             run,
@@ -119,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
             "partitions": args.partitions,
             "ceiling_eps": ceil["eps"],
             "naive_eps": nv["eps"],
+            "quix_eps": qx["eps"],
             "engine_eps": eng["eps"],
             "engine_over_ceiling": eng["eps"] / ceil["eps"] if ceil["eps"] else 0.0,
             "engine_over_naive": eng["eps"] / nv["eps"] if nv["eps"] else 0.0,
+            "engine_over_quix": eng["eps"] / qx["eps"] if qx["eps"] > 0 else math.nan,  # NaN: skipped/failed
             "trigger_p50_ms": lat["p50_ms"],
             "trigger_p99_ms": lat["p99_ms"],
             "engine_peak_rss_mib": eng["peak_rss_mib"],
@@ -132,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 "load": {"eps": load_eps, "duplicates": work.duplicates},
                 "ceiling": ceil,
                 "naive": nv,
+                "quix": qx,
                 "engine": eng,
                 "memory": mem,
                 "latency": lat,

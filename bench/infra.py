@@ -4,9 +4,11 @@ child process, cleanup and the machine description."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,6 +68,8 @@ class Run:
     partitions: int = 8
     topics_created: list[str] = field(default_factory=list)
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    dirs: list[Path] = field(default_factory=list)  # local state folders (the Quix app's)
+    groups: list[str] = field(default_factory=list)
     rules: Path | None = None
 
     def topic_set(self, phase: str) -> TopicSet:
@@ -76,7 +80,17 @@ class Run:
         return f"{self.run_id}-{phase}"
 
     def group(self, phase: str) -> str:
-        return f"{self.run_id}-{phase}"
+        name = f"{self.run_id}-{phase}"
+        if name not in self.groups:
+            self.groups.append(name)
+        return name
+
+    def owns_topic(self, name: str) -> bool:
+        """Ours: created by the run, or a Quix Streams internal topic of one of its groups
+        (`changelog__<group>--<topic>--<store>`, `repartition__<group>--…`)."""
+        return name in self.topics_created or name.startswith(
+            tuple(f"{kind}__{g}--" for kind in ("changelog", "repartition") for g in self.groups)
+        )
 
 
 def ensure_services() -> None:
@@ -319,7 +333,8 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
 
 
 def cleanup(run: Run) -> None:
-    """Stop our children, delete our Redis keys and our topics (and nothing else)."""
+    """Stop our children; delete our Redis keys, our topics (Quix's internal ones included), our
+    consumer groups and our local state folders (and nothing else)."""
     for proc in run.children:
         if proc.poll() is None:
             stop(proc)
@@ -335,15 +350,26 @@ def cleanup(run: Run) -> None:
             r.unlink(*batch)
     finally:
         r.close()
-    if run.topics_created:
-        admin = KafkaAdminClient(bootstrap_servers=KAFKA, request_timeout_ms=30000)
-        try:
-            existing = set(admin.list_topics())
-            mine = [t for t in run.topics_created if t in existing]
-            if mine:
-                admin.delete_topics(mine, timeout_ms=30000)
-        finally:
-            admin.close()
+    admin = KafkaAdminClient(bootstrap_servers=KAFKA, request_timeout_ms=30000)
+    try:
+        mine = [t for t in admin.list_topics() if run.owns_topic(t)]
+        if mine:
+            admin.delete_topics(mine, timeout_ms=30000)
+        # The run's consumer groups (their committed offsets) too. Best effort: a group whose
+        # last member is still leaving is retried for a few seconds, then left to expire.
+        known = {g["group_id"] for g in admin.list_groups()}
+        groups = [g for g in run.groups if g in known]
+        for _ in range(5):
+            if not groups:
+                break
+            with contextlib.suppress(Exception):
+                results = admin.delete_groups(groups)
+                groups = [g for g, res in results if res not in ("OK", "GroupIdNotFoundError")]
+            time.sleep(1.0 if groups else 0.0)
+    finally:
+        admin.close()
+    for path in run.dirs:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def machine() -> dict[str, Any]:

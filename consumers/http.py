@@ -1,5 +1,6 @@
 """The service's HTTP port: /metrics (Prometheus), /healthz (the poll loop is making
-progress), /readyz (partitions assigned, Redis and Kafka reachable)."""
+progress and the member is in its group, as the liveness watchdog sees it), /readyz (a stable
+member with partitions assigned, Redis and Kafka reachable)."""
 
 from __future__ import annotations
 

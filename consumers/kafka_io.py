@@ -1,8 +1,14 @@
 """Kafka client construction: every consumer, producer and admin client of the project is
-built here from Settings, so security settings (SASL/SCRAM, TLS) apply everywhere alike."""
+built here from Settings, so security settings (SASL/SCRAM, TLS) apply everywhere alike; and
+the watch that tells a refused SASL login (kafka-python only logs it) from an unreachable
+broker while a client connects."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -11,6 +17,7 @@ from metering.settings import Settings
 
 
 def common_config(settings: Settings) -> dict[str, Any]:
+    """Connection and security settings every client shares."""
     cfg: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap.split(","),
         "security_protocol": settings.kafka_security_protocol,
@@ -33,6 +40,10 @@ def common_config(settings: Settings) -> dict[str, Any]:
     return cfg
 
 
+def _ms(d: timedelta) -> int:
+    return int(d.total_seconds() * 1000)
+
+
 def admin_client(settings: Settings, **extra: Any) -> KafkaAdminClient:
     return KafkaAdminClient(**(common_config(settings) | {"request_timeout_ms": 10000} | extra))
 
@@ -49,6 +60,7 @@ def producer(settings: Settings, **extra: Any) -> KafkaProducer:
         # A send that cannot get metadata fails fast (and is retried by the policy) instead
         # of blocking the loop, so SIGTERM is honoured within its 10 s.
         "max_block_ms": 5000,
+        "metadata_max_age_ms": _ms(settings.kafka_metadata_max_age),
     }
     return KafkaProducer(**(cfg | extra))
 
@@ -62,5 +74,31 @@ def consumer(settings: Settings, *topics: str, **extra: Any) -> KafkaConsumer:
         "max_partition_fetch_bytes": settings.max_partition_fetch_bytes,
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": max(500, settings.session_timeout_ms // 4),
+        # Partitions added to a subscribed topic are assigned within this age.
+        "metadata_max_age_ms": _ms(settings.kafka_metadata_max_age),
+        "max_poll_interval_ms": _ms(settings.kafka_rebalance_timeout),
     }
     return KafkaConsumer(*topics, **(cfg | extra))
+
+
+class AuthFailureWatch(logging.Handler):
+    """Catches kafka-python's log record of a refused SASL login while clients connect."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Authentication failed" in record.getMessage():
+            self.failed = True
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        kafka_log = logging.getLogger("kafka")
+        kafka_log.addHandler(self)
+        propagate, kafka_log.propagate = kafka_log.propagate, False
+        try:
+            yield
+        finally:
+            kafka_log.removeHandler(self)
+            kafka_log.propagate = propagate

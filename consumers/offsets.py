@@ -6,29 +6,27 @@ trip per batch. The offsets not yet confirmed are committed, and waited for, on 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
-from kafka import TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
-
+from consumers.kafka_edge import GroupConsumer, Partition
 from consumers.policy import Retry
-from metering.errors import BrokerUnavailable
+from metering.core.plan import RecordLike
+from metering.errors import CommitRefused, MeteringError
 
 log = logging.getLogger("metering.offsets")
 REFUSED = "commit refused after a rebalance (records go to the new owner): %s"
+FINAL_COMMIT_TIMEOUT_MS = 5000  # on close: within SIGTERM's 10 s
 
-Offsets = dict[TopicPartition, OffsetAndMetadata]
+Offsets = dict[Partition, int]
 
 
-def next_offsets(records: Sequence[Any]) -> Offsets:
+def next_offsets(records: Sequence[RecordLike]) -> Offsets:
     """Per partition, the offset after the batch's last record."""
     offsets: Offsets = {}
     for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        if tp not in offsets or offsets[tp].offset <= r.offset:
-            offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+        tp = Partition(r.topic, r.partition)
+        if offsets.get(tp, -1) <= r.offset:
+            offsets[tp] = r.offset + 1
     return offsets
 
 
@@ -37,51 +35,40 @@ class Committer:
         self.retry = retry
         self.unconfirmed: Offsets = {}  # sent with commit_async, not yet confirmed
 
-    def commit(self, consumer: Any, records: Sequence[Any]) -> None:
+    def commit(self, consumer: GroupConsumer, records: Sequence[RecordLike]) -> None:
         offsets = next_offsets(records)
         self.unconfirmed.update(offsets)
         try:
-            consumer.commit_async(offsets=offsets, callback=self._done)
-        except KafkaError as exc:  # no coordinator known yet, say: commit and wait instead
+            consumer.commit_async(offsets, self._done)
+        except MeteringError as exc:  # no coordinator known yet, say: commit and wait instead
             log.debug("asynchronous commit not sent (%s); committing synchronously", exc)
             try:
-                self.retry("committing offsets", lambda: _commit_sync(consumer, offsets))
-            except CommitFailedError as refused:
+                self.retry("committing offsets", lambda: consumer.commit(offsets))
+            except CommitRefused as refused:
                 log.warning(REFUSED, refused)
 
-    def _done(self, offsets: Offsets, response: Any) -> None:
-        if isinstance(response, CommitFailedError):
+    def _done(self, offsets: Mapping[Partition, int], error: MeteringError | None) -> None:
+        if isinstance(error, CommitRefused):
             # The group rebalanced: another member owns these partitions now and redelivers
             # from the last commit; the store's watermarks make that harmless.
-            log.warning(REFUSED, response)
-        elif isinstance(response, Exception):
-            log.warning("commit failed (the next batch's commit supersedes it): %s", response)
+            log.warning(REFUSED, error)
+        elif error is not None:
+            log.warning("commit failed (the next batch's commit supersedes it): %s", error)
         else:
-            for tp, om in offsets.items():
-                if tp in self.unconfirmed and self.unconfirmed[tp].offset <= om.offset:
+            for tp, offset in offsets.items():
+                if tp in self.unconfirmed and self.unconfirmed[tp] <= offset:
                     del self.unconfirmed[tp]
 
-    def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+    def revoked(self, partitions: Iterable[Partition]) -> None:
         """The next owner commits from here on: never move its offsets back on close."""
         for tp in partitions:
             self.unconfirmed.pop(tp, None)
 
-    def close(self, consumer: Any, assigned: set[TopicPartition]) -> None:
-        offsets = {tp: om for tp, om in self.unconfirmed.items() if tp in assigned}
+    def close(self, consumer: GroupConsumer, assigned: set[Partition]) -> None:
+        offsets = {tp: o for tp, o in self.unconfirmed.items() if tp in assigned}
         try:
             if offsets:
-                consumer.commit(offsets=offsets)
-        except KafkaError as exc:  # redelivered to the next owner: harmless (watermarks)
+                consumer.commit(offsets, timeout_ms=FINAL_COMMIT_TIMEOUT_MS)
+        except MeteringError as exc:  # redelivered to the next owner: harmless (watermarks)
             log.warning("final commit failed: %s", exc)
         self.unconfirmed.clear()
-
-
-def _commit_sync(consumer: Any, offsets: Offsets) -> None:
-    try:
-        consumer.commit(offsets=offsets)
-    except CommitFailedError:
-        raise
-    except KafkaError as exc:
-        if getattr(exc, "retriable", False):
-            raise BrokerUnavailable(f"commit: {exc}") from exc
-        raise

@@ -4,8 +4,15 @@
 - TransientError (Redis or Kafka unreachable, a publish not acknowledged): retry the same
   step with exponential backoff, report not-ready meanwhile; nothing is committed until the
   step succeeds, and every step is idempotent, so a retry can neither lose nor double count.
+- CommitRefused (a commit sent before a rebalance moved the partitions): logged, nothing
+  else; the new owner redelivers from the last commit and the watermarks skip what was
+  applied (consumers/offsets.py).
 - Anything else: stop the process without committing; the records are redelivered to the
   next owner (a restart, or another member of the group).
+
+Kafka's errors reach this tree in one place (consumers/kafka_edge.py `metering_error`). A
+member stuck out of its group raises nothing: the liveness watchdog (consumers/liveness.py)
+has the service close it without committing and join again.
 """
 
 from __future__ import annotations

@@ -25,16 +25,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from kafka import TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, SaslAuthenticationFailedError
-
-from consumers import kafka_io
+from consumers.kafka_edge import GroupConsumer, Partition, Producer, ensure_output_topics
+from consumers.liveness import Timeouts, Watchdog
 from consumers.offsets import Committer
 from consumers.policy import Retry, Stopping
-from consumers.publish import AuthFailureWatch, kind_of, publish
+from consumers.publish import kind_of, publish
 from consumers.reload import RulesWatcher, incompatible
 from metering.core.calls import (
     APPLIED,
@@ -66,8 +63,6 @@ from metering.core.subscriptions import Subscription, from_store, to_store
 from metering.errors import (
     DEAD_LETTER_REASONS,
     BadEvent,
-    BrokerUnavailable,
-    ConfigError,
     RulesError,
     TransientError,
 )
@@ -105,19 +100,30 @@ class Service:
         self.store: Store = RedisStore(settings, self.metrics)
         self.retry = Retry(self.stop, self._dependency_failed, self._dependency_recovered)
         self._deps_ok = True
-        self._assigned: set[TopicPartition] = set()
+        self._assigned: set[Partition] = set()
         self.offsets = Committer(self.retry)
         self.last_progress = time.monotonic()
-        self.consumer: Any = None
-        self.producer: Any = None
+        self.consumer: GroupConsumer | None = None
+        self.producer: Producer | None = None
+        self.watchdog = Watchdog(
+            Timeouts(settings.session_timeout_ms / 1000, settings.kafka_rebalance_timeout.total_seconds())
+        )
 
     # -- health -----------------------------------------------------------------------------
 
     def healthy(self) -> bool:
-        return time.monotonic() - self.last_progress < 60
+        """The loop makes progress and the member is in its group (the watchdog's view)."""
+        return time.monotonic() - self.last_progress < 60 and self.watchdog.healthy()
 
     def ready(self) -> bool:
-        return self._deps_ok and bool(self._assigned) and not self.stop.is_set()
+        consumer = self.consumer
+        return (
+            self._deps_ok
+            and bool(self._assigned)
+            and consumer is not None
+            and consumer.stable()
+            and not self.stop.is_set()
+        )
 
     def _dependency_failed(self, dependency: str) -> None:
         self._deps_ok = False
@@ -133,48 +139,26 @@ class Service:
 
     def connect(self) -> None:
         """Redis and the Kafka clients, retried while unreachable; a refused credential is a
-        ConfigError (one line, exit) rather than an endless retry."""
-
-        def make() -> None:
-            # kafka-python reports a refused SASL login only in its log and then times out
-            # bootstrapping; the watch turns that into one ConfigError line (not transient:
-            # retrying a wrong password only locks the account out).
-            watch = AuthFailureWatch()
-            with watch.attached():
-                try:
-                    self.producer = kafka_io.producer(self.settings)
-                    self.consumer = kafka_io.consumer(self.settings)
-                except KafkaError as exc:
-                    if isinstance(exc, SaslAuthenticationFailedError) or watch.failed:
-                        user = self.settings.kafka_sasl_username
-                        raise ConfigError(f"kafka authentication failed for user {user!r}") from None
-                    raise BrokerUnavailable(f"kafka: {exc}") from exc
-
+        ConfigError (one line, exit) rather than an endless retry. Every topic a trigger or
+        dead letter can go to exists before the first publish: a missing one would block each
+        send and hold every account's triggers back."""
+        producer = Producer(self.settings)
+        consumer = GroupConsumer(
+            self.settings,
+            [self.settings.topic_accounts, self.settings.topic_events],
+            _Rebalance(self),
+            on_forced_rejoin=self.metrics.consumer_forced_rejoins.inc,
+        )
         self.retry("connecting to Redis", self.store.check)
-        self.retry("connecting to Kafka", make)
+        self.retry("connecting to Kafka", producer.open)
+        self.producer = producer
         self._ensure_output_topics()
-        topics = [self.settings.topic_accounts, self.settings.topic_events]
-        # Metadata of the input topics before the first join: joined without it, the member
-        # is assigned nothing and must rejoin once it arrives, and kafka-python 3.0.12 has
-        # been seen to stall in that second join (heartbeats stop, the member is dropped).
-        for topic in topics:
-            self.consumer.partitions_for_topic(topic)
-        self.consumer.subscribe(topics, listener=_Rebalance(self))
+        self.retry("joining the consumer group", consumer.open)
+        self.consumer = consumer
 
     def _ensure_output_topics(self) -> None:
-        """Every topic a trigger or dead letter can go to exists before the first publish: a
-        missing one would block each send and hold every account's triggers back."""
-        from consumers.topics import ensure_topics
-
-        def create() -> None:
-            try:
-                ensure_topics(self.settings, sorted(self.engine.topics()))
-            except KafkaError as exc:
-                if getattr(exc, "retriable", False) or "Timeout" in type(exc).__name__:
-                    raise BrokerUnavailable(f"kafka: {exc}") from exc
-                raise ConfigError(f"cannot create the output topics: {exc}") from None
-
-        self.retry("creating output topics", create)
+        topics = self.engine.topics()
+        self.retry("creating output topics", lambda: ensure_output_topics(self.settings, topics))
 
     def install_signal_handlers(self) -> None:
         def handle(signum: int, _frame: object) -> None:
@@ -189,14 +173,19 @@ class Service:
         with partitions assigned, or a minute without any)."""
         if self.consumer is None:
             self.connect()
+        assert self.consumer is not None
         self._record_catalog(startup=True)
         idle = unassigned = 0
         try:
             while not self.stop.is_set():
                 self._reload()
-                batch = self.consumer.poll(timeout_ms=200, max_records=self.settings.max_poll_records)
+                records = self.consumer.poll(200, self.settings.max_poll_records)
                 self.last_progress = time.monotonic()
-                records = [r for part in batch.values() for r in part]
+                try:
+                    if self._watch(self.consumer):
+                        continue  # a new member: the records polled are redelivered to the owner
+                except Stopping:
+                    break
                 if not records:
                     # Polls spent joining the group (no partitions yet) are not idleness: on a
                     # loaded machine a join can take longer than the idle budget.
@@ -217,14 +206,28 @@ class Service:
         finally:
             self.close()
 
+    def _watch(self, consumer: GroupConsumer) -> bool:
+        """The liveness watchdog's look after a poll. A member out of its group is closed
+        without committing and replaced by a new one (True): its records are redelivered to
+        whoever owns their partitions next, and the watermarks skip what was applied."""
+        verdict = self.watchdog.observe(time.monotonic(), consumer.liveness())
+        self.metrics.ready.set(1 if self.ready() else 0)
+        if verdict is None:
+            return False
+        log.warning("consumer restart (%s): %s; closed without committing", verdict.reason, verdict.detail)
+        self.metrics.consumer_restarts.labels(verdict.reason).inc()
+        self.retry("rejoining the consumer group", consumer.reopen)
+        self.watchdog.restarted(time.monotonic())
+        return True
+
     def close(self) -> None:
         self.metrics.ready.set(0)
         if self.consumer is not None:
             self.offsets.close(self.consumer, self._assigned)
-            self.consumer.close(autocommit=False)  # leaves the group: partitions move at once
+            self.consumer.close()  # leaves the group: partitions move at once
             self.consumer = None
         if self.producer is not None:
-            self.producer.close(timeout=5)
+            self.producer.close(5)
             self.producer = None
         self.store.close()
 
@@ -301,7 +304,8 @@ class Service:
 
     # -- one batch ----------------------------------------------------------------------------
 
-    def process(self, raw_records: Sequence[Any]) -> None:
+    def process(self, raw_records: Sequence[RecordLike]) -> None:
+        assert self.consumer is not None
         t0 = time.perf_counter()
         now_ms = int(self.clock() * 1000)
         events_topic = self.settings.topic_events
@@ -470,9 +474,11 @@ class Service:
         if not entries and not dead:
             return
 
+        producer = self.producer
+        assert producer is not None
         self.retry(
             "publishing triggers and dead letters",
-            lambda: publish(self.producer, self.settings.topic_deadletter, entries, dead),
+            lambda: publish(producer, self.settings.topic_deadletter, entries, dead),
         )
         self.retry(
             "acknowledging the outbox",
@@ -489,15 +495,9 @@ class Service:
         if self.consumer is None:
             return
         for tp in self._assigned:
-            high = self.consumer.highwater(tp)
-            if high is None:
-                continue
-            try:
-                pos = self.consumer.position(tp, timeout_ms=0)
-            except Exception:  # position unknown until the first fetch
-                continue
-            if pos is not None:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
+            lag = self.consumer.lag(tp)
+            if lag is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
 
 def canonical_yaml(catalog: Catalog) -> str:
@@ -508,11 +508,11 @@ def canonical_yaml(catalog: Catalog) -> str:
     return str(yaml.safe_dump(catalog.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance:
     def __init__(self, service: Service) -> None:
         self.service = service
 
-    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+    def revoked(self, revoked: frozenset[Partition]) -> None:
         # Nothing is in flight here: a batch is committed before the next poll, and the
         # listener runs inside poll.
         self.service._assigned.difference_update(revoked)
@@ -522,7 +522,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.service.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         self.service.metrics.ready.set(1 if self.service.ready() else 0)
 
-    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+    def assigned(self, assigned: frozenset[Partition]) -> None:
         self.service._assigned.update(assigned)
         log.info("assigned %d partitions", len(assigned))
         self.service.metrics.ready.set(1 if self.service.ready() else 0)

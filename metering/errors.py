@@ -80,3 +80,9 @@ class StoreUnavailable(TransientError):
 
 class BrokerUnavailable(TransientError):
     """Kafka could not be reached, or a publish was not acknowledged."""
+
+
+class CommitRefused(MeteringError):
+    """Kafka refused an offset commit because the group rebalanced: another member owns the
+    partitions now and redelivers from the last commit, which the watermarks make harmless.
+    Not retriable (the commit would be refused again); consumers/offsets.py logs it."""

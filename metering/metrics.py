@@ -103,6 +103,17 @@ class Metrics:
             ["dependency"],
             registry=r,
         )
+        self.consumer_restarts = Counter(
+            "metering_consumer_restarts_total",
+            "Consumers closed without committing and rebuilt by the group-liveness watchdog.",
+            ["reason"],
+            registry=r,
+        )
+        self.consumer_forced_rejoins = Counter(
+            "metering_consumer_forced_rejoins_total",
+            "Group joins the Kafka client left half done, finished by a forced rejoin.",
+            registry=r,
+        )
         self.ready = Gauge(
             "metering_ready", "1 when partitions are assigned and Redis and Kafka answer.", registry=r
         )
@@ -129,6 +140,8 @@ class Metrics:
             self.account_updates.labels(result)
         for meter in meters:
             self.meter_value_missing.labels(meter)
+        for reason in ("no_heartbeat", "stuck_rebalance"):  # consumers/liveness.py REASONS
+            self.consumer_restarts.labels(reason)
 
     def set_rules(self, version: str, source: str) -> None:
         self.rules.info({"version": version, "source": source})

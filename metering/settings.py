@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     # planning (a batch of one partition cannot be split).
     max_partition_fetch_bytes: int = Field(default=262144, ge=1024)
     session_timeout_ms: int = Field(default=10000, ge=1000)
+    # How often the clients re-read topic metadata: partitions added to a running topic are
+    # consumed (and produced to) within it. kafka-python's own default is 5 minutes.
+    kafka_metadata_max_age: Duration = timedelta(seconds=30)
+    # The consumer's rebalance timeout (kafka-python's max_poll_interval_ms): how long the
+    # broker waits for members to rejoin, how long a member may go without polling before it
+    # leaves the group, and how long the liveness watchdog lets a member go without being a
+    # stable member before it rebuilds the consumer (consumers/liveness.py).
+    kafka_rebalance_timeout: Duration = timedelta(seconds=60)
     max_event_bytes: int = Field(default=65536, ge=256)
 
     # Redis (the URL may carry a password: SecretStr keeps it out of logs and reprs)
@@ -89,6 +97,13 @@ class Settings(BaseSettings):
     http_port: int = Field(default=9400, ge=0, le=65535)
     http_host: str = "127.0.0.1"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _kafka_durations(self) -> Settings:
+        for name in ("kafka_metadata_max_age", "kafka_rebalance_timeout"):
+            if getattr(self, name) < timedelta(seconds=1):
+                raise ValueError(f"METERING_{name.upper()} must be at least 1s")
+        return self
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:

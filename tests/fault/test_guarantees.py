@@ -30,7 +30,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -45,6 +45,7 @@ from metering.errors import DEAD_LETTER_REASONS
 from metering.settings import Settings
 from metering.store import RedisStore
 from rules.loader import load_catalog
+from tests.fault.checks import check_fired_marks, check_published_triggers
 from tests.fault.conftest import Infra, report, wait_topic_committed
 from tests.fault.oracle import Scenario, build, expected_triggers, kinds
 from tests.kafka_util import read_all
@@ -390,38 +391,15 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
             f"{n(distinct)} distinct events counted once, {n(sc.duplicates)} duplicates not counted"
         )
 
-        copies = read_all(s.kafka_bootstrap, s.topic_triggers) + read_all(s.kafka_bootstrap, MILESTONES)
-        by_id: dict[str, set[bytes]] = defaultdict(set)
-        count = Counter[str]()
-        for r in copies:
-            doc = orjson.loads(r.value)  # type: ignore[attr-defined]
-            by_id[doc["id"]].add(r.value)  # type: ignore[attr-defined]
-            count[doc["id"]] += 1
-        missing = set(expected) - set(by_id)
-        extra = set(by_id) - set(expected)
-        assert not missing and not extra, (
-            f"{len(missing)} missing e.g. {[expected[i] for i in list(missing)[:5]]}; "
-            f"{len(extra)} unexpected e.g. "
-            f"{[orjson.loads(next(iter(by_id[i])))['data'] for i in list(extra)[:3]]}"
-        )
-        varied = [i for i, payloads in by_id.items() if len(payloads) > 1]
-        assert not varied, f"copies of one id differ: {varied[:5]}"
-        again = sum(c - 1 for c in count.values())
+        copies, again = check_published_triggers(s.kafka_bootstrap, [s.topic_triggers, MILESTONES], expected)
         report(
-            f"CHECK triggers: {n(len(by_id))} ids published = the oracle's {n(len(expected))} "
-            f"({', '.join(f'{k} {n(v)}' for k, v in sorted(want_kinds.items()))}); {n(len(copies))} copies, "
+            f"CHECK triggers: {n(len(expected))} ids published = the oracle's "
+            f"({', '.join(f'{k} {n(v)}' for k, v in sorted(want_kinds.items()))}); {n(copies)} copies, "
             f"{n(again)} re-published after faults with the same id and bytes"
         )
-
-        marks: set[str] = set()
-        outbox = 0
-        for acct in sc.touched:
-            marks |= {orjson.loads(m)["id"] for m in store.fired(acct).values()}
-            outbox += len(store.outbox(acct))
-        assert marks == set(expected)
-        assert outbox == 0
+        marks = check_fired_marks(store, sc.touched, expected)
         report(
-            f"CHECK fired marks: {n(len(marks))} in Redis = the oracle's; "
+            f"CHECK fired marks: {n(marks)} in Redis = the oracle's; "
             f"outbox empty for {n(len(sc.touched))} accounts"
         )
     finally:

@@ -24,9 +24,11 @@ KEYS = (
     "partitions",
     "ceiling_eps",
     "naive_eps",
+    "quix_eps",
     "engine_eps",
     "engine_over_ceiling",
     "engine_over_naive",
+    "engine_over_quix",
     "trigger_p50_ms",
     "trigger_p99_ms",
     "engine_peak_rss_mib",
@@ -67,10 +69,18 @@ def test_bench_tiny_run_writes_every_figure(services: dict[str, str]) -> None:
     for key in KEYS:
         assert key in result, key
     assert result["events"] == 5000
+    # The Quix Streams row: the real application read every record and committed the end.
+    quix = result["detail"]["quix"]
+    assert quix["error"] is None, quix["error"]
+    assert quix["records"] == 5000 and quix["exit_code"] == 0
+    assert "engine >= 2 x quix streams" in result["targets"]
+    assert "quix streams" in proc.stdout
     for key in (
         "ceiling_eps",
         "naive_eps",
+        "quix_eps",
         "engine_eps",
+        "engine_over_quix",
         "engine_peak_rss_mib",
         "redis_bytes_per_account",
         "redis_bytes_per_dedup_id",
@@ -81,13 +91,17 @@ def test_bench_tiny_run_writes_every_figure(services: dict[str, str]) -> None:
     assert set(result["targets"].values()) <= {"PASS", "MISS"}
     assert {"nproc", "cpu", "python", "kafka_python", "redis", "kafka"} <= set(result["machine"])
     assert result["detail"]["engine"]["exit_code"] == 0  # SIGTERM: a clean stop
-    # Everything the run created is gone: its topics and its Redis keys.
+    # Everything the run created is gone: its topics (Quix's changelog topic, named
+    # `changelog__<group>--…`, included), its consumer groups, its Redis keys, Quix's state.
     run_id = result["run_id"]
+    assert quix["changelog_topics"] and all(run_id in t for t in quix["changelog_topics"])
     admin = KafkaAdminClient(bootstrap_servers=services["kafka"])
     try:
-        assert not [t for t in admin.list_topics() if t.startswith(run_id)]
+        assert not [t for t in admin.list_topics() if run_id in t]
+        assert not [g for g in admin.list_groups() if run_id in g["group_id"]]
     finally:
         admin.close()
+    assert not (ROOT / "bench" / "results" / run_id / "quix-state").exists()
     r = redis.Redis.from_url(services["redis"])
     try:
         assert not list(r.scan_iter(match=f"{run_id}*", count=1000))

@@ -382,6 +382,17 @@ ALERT_CASES: dict[str, dict[str, Any]] = {
             ("MeteringOutboxGrowing", "12m"): [{"severity": "warning"}],
         },
     },
+    "consumer restarted again and again": {
+        "series": {f'metering_consumer_restarts_total{{{_J},reason="no_heartbeat"}}': "0x5 1 2 3 4x30"},
+        "expect": {
+            ("MeteringConsumerRestarts", "4m"): [],
+            ("MeteringConsumerRestarts", "15m"): [{"instance": "a", "severity": "warning"}],
+        },
+    },
+    "consumer restarted once": {
+        "series": {f'metering_consumer_restarts_total{{{_J},reason="stuck_rebalance"}}': "0x5 1x40"},
+        "expect": {("MeteringConsumerRestarts", "20m"): []},
+    },
     "outbox steady or draining": {
         "series": {f"metering_outbox_depth{{{_J}}}": "5x15 5-1x5 0x10"},
         "expect": {("MeteringOutboxGrowing", "14m"): [], ("MeteringOutboxGrowing", "30m"): []},

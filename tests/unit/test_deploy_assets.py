@@ -9,7 +9,7 @@
   maxReplicas <= partitions, labels and selectors;
 - the compose file and the Prometheus config point at what exists.
 
-tests/test_prometheus_queries.py evaluates the same queries against a real Prometheus.
+tests/integration/test_prometheus_queries.py evaluates the same queries against a real Prometheus.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ COMPOSE = DEPLOY / "compose"
 
 ALERTS = {
     "MeteringConsumerLagGrowing",
+    "MeteringConsumerRestarts",
     "MeteringDeadLetters",
     "MeteringNotReady",
     "MeteringOutboxGrowing",
@@ -179,6 +180,7 @@ def test_series_derivation_matches_exposition() -> None:
     m.consumer_lag.labels(topic="t", partition="0")
     m.retries.labels(dependency="redis")
     m.meter_value_missing.labels(meter="tokens")
+    m.consumer_restarts.labels(reason="no_heartbeat")
     exposed = {s.name for family in m.registry.collect() for s in family.samples}
     assert exposed == set(_series_labels()) - {"up"}
 
