@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from metering.errors import BrokerUnavailable, StoreUnavailable, TransientError
+from metering.store import Pending
 
 T = TypeVar("T")
 log = logging.getLogger("metering.policy")
@@ -71,3 +72,17 @@ class Retry:
                 log.warning("%s recovered", what)
                 self.on_recovery()
             return result
+
+    def settle(self, what: str, pending: Pending[T]) -> T:
+        """The result of store calls already sent; after a transient failure they are sent
+        again (every store call is idempotent) under the same backoff."""
+
+        def attempt() -> T:
+            nonlocal pending
+            try:
+                return pending.result()
+            except TransientError:
+                pending = pending.resend()
+                raise
+
+        return self(what, attempt)

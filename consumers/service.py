@@ -1,80 +1,40 @@
-"""`metering run`: the consumer-group service. Per polled batch:
-
-  1. subscription records -> store (last by time wins)
-  2. usage events -> plan (pure) -> one apply script per account, one round trip
-  3. trigger evaluation (pure) -> one fire script per account with candidates (marks + outbox)
-  4. publish the outbox entries and dead letters, wait for acks, drop the acked entries
-  5. commit the batch's offsets
-
-Offsets are committed only after 2-4 are durable (SPEC 4.2). A crash anywhere before 5
-redelivers the batch: the store skips the applied events by offset watermark and the
-level-based evaluation recreates any trigger not yet recorded; recorded ones sit in the
-outbox and are published again with the same id.
+"""`metering run`: the consumer-group service's life cycle — connect, poll, hand each batch to
+the pipeline (consumers/pipeline.py), watch the group membership, reload the rules between
+batches, report health, close on a signal.
 
 Between batches the rules file may be reloaded (SIGHUP or a content change, see
 consumers/reload.py): a valid catalog replaces every object derived from the old one before
-the next batch, so no batch ever mixes two catalogs; the running catalog is kept in Redis for
-the command line.
+the next batch, so no batch ever mixes two catalogs; the running catalog is kept in the store
+for the command line.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
-from consumers.kafka_edge import GroupConsumer, Partition, Producer, ensure_output_topics
+from consumers.assignment import Assignment
+from consumers.kafka_edge import GroupConsumer, Producer, ensure_output_topics
 from consumers.liveness import Timeouts, Watchdog
 from consumers.offsets import Committer
+from consumers.pipeline import Pipeline
 from consumers.policy import Retry, Stopping
-from consumers.publish import kind_of, publish
 from consumers.reload import RulesWatcher, incompatible
-from metering.core.calls import (
-    APPLIED,
-    DUPLICATE,
-    ApplyResult,
-    FireCall,
-    FireCandidate,
-    FireResult,
-    OutboxAck,
-    StoredCatalog,
-    SubscriptionUpdate,
-)
-from metering.core.events import decode_event
-from metering.core.meters import MeterIndex
-from metering.core.periods import delta_ms, weeks_back
-from metering.core.plan import (
-    SLICE_RECORDS,
-    AccountBatch,
-    BatchPlan,
-    DeadLetter,
-    Limits,
-    RecordLike,
-    partition_slices,
-    plan_batch,
-    skips,
-)
-from metering.core.state import build_state, pairs
-from metering.core.subscriptions import Subscription, from_store, to_store
-from metering.errors import (
-    DEAD_LETTER_REASONS,
-    BadEvent,
-    RulesError,
-    TransientError,
-)
+from metering.core.calls import StoredCatalog
+from metering.core.periods import delta_ms
+from metering.core.plan import Limits, RecordLike
+from metering.engine import Processor, RunningRules
+from metering.errors import DEAD_LETTER_REASONS, RulesError
 from metering.metrics import Metrics
 from metering.settings import Settings
-from metering.store import Pending, RedisStore, Store
-from metering.triggers import Candidate, TriggerEngine, items_for
-from rules.loader import parse_catalog_text
+from metering.store import RedisStore, Store
+from rules.loader import catalog_yaml, parse_catalog_text
 from rules.models import Catalog
 
 log = logging.getLogger("metering.service")
-T = TypeVar("T")
 
 
 class Service:
@@ -90,24 +50,27 @@ class Service:
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.watcher = watcher  # None: the catalog never changes (tests, tools)
-        self._subscriptions: dict[tuple[bytes | str, ...], Subscription] = {}
-        self._warned_plans: set[str] = set()
-        self._use(catalog)
-        self.limits = Limits(
-            settings.max_event_bytes, delta_ms(settings.late_grace), delta_ms(settings.future_tolerance)
-        )
         self.stop = threading.Event()
         self.store: Store = RedisStore(settings, self.metrics)
         self.retry = Retry(self.stop, self._dependency_failed, self._dependency_recovered)
         self._deps_ok = True
-        self._assigned: set[Partition] = set()
         self.offsets = Committer(self.retry)
+        self.assignment = Assignment(self.offsets, self.metrics, self._show_ready)
+        limits = Limits(
+            settings.max_event_bytes, delta_ms(settings.late_grace), delta_ms(settings.future_tolerance)
+        )
+        self.processor = Processor(self._rules_for(catalog), self.store, limits, settings.max_event_bytes)
+        self.pipeline = Pipeline(settings, self.processor, self.retry, self.offsets, self.metrics, clock)
         self.last_progress = time.monotonic()
         self.consumer: GroupConsumer | None = None
         self.producer: Producer | None = None
         self.watchdog = Watchdog(
             Timeouts(settings.session_timeout_ms / 1000, settings.kafka_rebalance_timeout.total_seconds())
         )
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.processor.rules.catalog
 
     # -- health -----------------------------------------------------------------------------
 
@@ -119,11 +82,14 @@ class Service:
         consumer = self.consumer
         return (
             self._deps_ok
-            and bool(self._assigned)
+            and bool(self.assignment.partitions)
             and consumer is not None
             and consumer.stable()
             and not self.stop.is_set()
         )
+
+    def _show_ready(self) -> None:
+        self.metrics.ready.set(1 if self.ready() else 0)
 
     def _dependency_failed(self, dependency: str) -> None:
         self._deps_ok = False
@@ -133,7 +99,7 @@ class Service:
 
     def _dependency_recovered(self) -> None:
         self._deps_ok = True
-        self.metrics.ready.set(1 if self.ready() else 0)
+        self._show_ready()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -146,7 +112,7 @@ class Service:
         consumer = GroupConsumer(
             self.settings,
             [self.settings.topic_accounts, self.settings.topic_events],
-            _Rebalance(self),
+            self.assignment,
             on_forced_rejoin=self.metrics.consumer_forced_rejoins.inc,
         )
         self.retry("connecting to Redis", self.store.check)
@@ -157,7 +123,7 @@ class Service:
         self.consumer = consumer
 
     def _ensure_output_topics(self) -> None:
-        topics = self.engine.topics()
+        topics = self.processor.rules.engine.topics()
         self.retry("creating output topics", lambda: ensure_output_topics(self.settings, topics))
 
     def install_signal_handlers(self) -> None:
@@ -173,27 +139,28 @@ class Service:
         with partitions assigned, or a minute without any)."""
         if self.consumer is None:
             self.connect()
-        assert self.consumer is not None
+        consumer = self.consumer
+        assert consumer is not None
         self._record_catalog(startup=True)
         idle = unassigned = 0
         try:
             while not self.stop.is_set():
                 self._reload()
-                records = self.consumer.poll(200, self.settings.max_poll_records)
+                records = consumer.poll(200, self.settings.max_poll_records)
                 self.last_progress = time.monotonic()
                 try:
-                    if self._watch(self.consumer):
+                    if self._watch(consumer):
                         continue  # a new member: the records polled are redelivered to the owner
                 except Stopping:
                     break
                 if not records:
                     # Polls spent joining the group (no partitions yet) are not idleness: on a
                     # loaded machine a join can take longer than the idle budget.
-                    if self._assigned:
+                    if self.assignment.partitions:
                         idle += 1
                     else:
                         unassigned += 1
-                    self._observe_lag()
+                    self.assignment.observe_lag(consumer)
                     if max_idle_polls is not None and (idle >= max_idle_polls or unassigned >= 300):
                         break
                     continue
@@ -206,12 +173,18 @@ class Service:
         finally:
             self.close()
 
+    def process(self, records: Sequence[RecordLike]) -> None:
+        """One polled batch through the pipeline (consume -> ... -> commit)."""
+        assert self.consumer is not None and self.producer is not None
+        self.pipeline.process(records, self.consumer, self.producer)
+        self.assignment.observe_lag(self.consumer)
+
     def _watch(self, consumer: GroupConsumer) -> bool:
         """The liveness watchdog's look after a poll. A member out of its group is closed
         without committing and replaced by a new one (True): its records are redelivered to
         whoever owns their partitions next, and the watermarks skip what was applied."""
         verdict = self.watchdog.observe(time.monotonic(), consumer.liveness())
-        self.metrics.ready.set(1 if self.ready() else 0)
+        self._show_ready()
         if verdict is None:
             return False
         log.warning("consumer restart (%s): %s; closed without committing", verdict.reason, verdict.detail)
@@ -223,7 +196,7 @@ class Service:
     def close(self) -> None:
         self.metrics.ready.set(0)
         if self.consumer is not None:
-            self.offsets.close(self.consumer, self._assigned)
+            self.offsets.close(self.consumer, self.assignment.partitions)
             self.consumer.close()  # leaves the group: partitions move at once
             self.consumer = None
         if self.producer is not None:
@@ -240,19 +213,17 @@ class Service:
         if watcher is not None:
             signal.signal(signal.SIGHUP, lambda _signum, _frame: watcher.request())
 
-    def _use(self, catalog: Catalog) -> None:
-        """Make `catalog` the running one: every object derived from a catalog is rebuilt
-        (meter index, trigger engine, weekly meters, the subscription parse cache)."""
-        self.catalog = catalog
-        self.index = MeterIndex(catalog)
-        self.engine = TriggerEngine(catalog, self.settings.topic_triggers)
-        self._weekly = self.engine.week_meters()  # the only meters whose weekly counts are read
-        self._subscriptions.clear()  # parsed against the old plans and add-ons
-        self._warned_plans.clear()
+    def _rules_for(self, catalog: Catalog) -> RunningRules:
+        rules = RunningRules(catalog, self.settings.topic_triggers)
         source = str(self.watcher.path if self.watcher else self.settings.rules or "")
         self.metrics.set_rules(catalog.version, source)
         kinds = tuple(sorted({t.kind for t in catalog.triggers}))
-        self.metrics.touch(DEAD_LETTER_REASONS, kinds, self.index.valued)
+        self.metrics.touch(DEAD_LETTER_REASONS, kinds, rules.index.valued)
+        return rules
+
+    def _use(self, catalog: Catalog) -> None:
+        """Make `catalog` the running one: every object derived from a catalog is rebuilt."""
+        self.processor.rules = self._rules_for(catalog)
 
     def _reload(self) -> None:
         """Between batches: a signalled or changed rules file becomes the running catalog if
@@ -284,11 +255,11 @@ class Service:
         log.info("rules reloaded from %s: version %s -> %s", self.watcher.path, running, catalog.version)
 
     def _record_catalog(self, startup: bool = False) -> None:
-        """The running catalog (YAML, version) into Redis for the command line, at start-up and
-        after each reload. At start-up, a stored catalog whose meters this one re-aggregates
-        is warned about (a restart is deliberate: it is not refused, but stored values of
-        those meters will be misread)."""
-        text = self.watcher.text if self.watcher else canonical_yaml(self.catalog)
+        """The running catalog (YAML, version) into the store for the command line, at start-up
+        and after each reload. At start-up, a stored catalog whose meters this one
+        re-aggregates is warned about (a restart is deliberate: it is not refused, but stored
+        values of those meters will be misread)."""
+        text = self.watcher.text if self.watcher else catalog_yaml(self.catalog)
         source = str(self.watcher.path if self.watcher else self.settings.rules or "")
         record = StoredCatalog(text, self.catalog.version, source, int(self.clock() * 1000))
         if startup:
@@ -301,228 +272,3 @@ class Service:
                 for problem in problems:
                     log.warning("rules version %s after %s: %s", record.version, previous.version, problem)
         self.retry("recording the rules catalog", lambda: self.store.save_catalog(record))
-
-    # -- one batch ----------------------------------------------------------------------------
-
-    def process(self, raw_records: Sequence[RecordLike]) -> None:
-        assert self.consumer is not None
-        t0 = time.perf_counter()
-        now_ms = int(self.clock() * 1000)
-        events_topic = self.settings.topic_events
-        usage = [r for r in raw_records if r.topic == events_topic]
-        accounts = [r for r in raw_records if r.topic != events_topic]
-        self.metrics.events_consumed.inc(len(usage))
-        self.metrics.batch_size.observe(len(raw_records))
-
-        dead = self._apply_subscriptions(accounts)
-        # Slices overlap Redis with Python: a slice's apply script runs while the next slice is
-        # planned, and its triggers are evaluated while later slices apply. A partition is
-        # never split across slices, so no two calls in flight share an (account, partition)
-        # watermark, and a call redone after a lost connection cannot land behind a later one.
-        cutoff = weeks_back(now_ms, 12)[-1]
-        applying: list[tuple[BatchPlan, Pending[list[ApplyResult]]]] = []
-        for part in partition_slices(usage, SLICE_RECORDS):
-            plan = plan_batch(part, self.index, self.engine, self.limits, now_ms)
-            dead += plan.dead
-            calls = [a.call for a in plan.accounts]
-            applying.append((plan, self.store.send_apply(calls, now_ms, cutoff, self._weekly)))
-        firing: list[tuple[list[tuple[AccountBatch, list[Candidate]]], Pending[list[FireResult]]]] = []
-        outboxes: dict[str, list[bytes]] = {}
-        for plan, pending in applying:
-            results = self._apply_usage(plan, pending, now_ms)
-            for acct, res in zip(plan.accounts, results, strict=True):
-                outboxes[acct.call.account] = list(res.outbox)
-            fire_calls, cands = self._evaluate(plan, results)
-            firing.append((cands, self.store.send_fire(fire_calls)))
-        for cands, recording in firing:
-            # Replies come in send order, and every fire runs after every apply: the last
-            # outbox seen for an account is the freshest (entries left by a crash included).
-            outboxes.update(self._fired(cands, recording))
-        self._publish(outboxes, dead)
-        self.offsets.commit(self.consumer, raw_records)
-        self.metrics.batch_seconds.observe(time.perf_counter() - t0)
-        self._observe_lag()
-
-    def _await(self, what: str, pending: Pending[T]) -> T:
-        """A sent call's replies; after a transient failure the call is sent again under the
-        retry policy."""
-        current = [pending]
-
-        def attempt() -> T:
-            try:
-                return current[0].result()
-            except TransientError:
-                current[0] = current[0].resend()
-                raise
-
-        return self.retry(what, attempt)
-
-    def _apply_subscriptions(self, records: Sequence[RecordLike]) -> list[DeadLetter]:
-        updates: list[SubscriptionUpdate] = []
-        dead: list[DeadLetter] = []
-        for rec in records:
-            try:
-                event = decode_event(rec.value, rec.headers, self.settings.max_event_bytes)
-                updates.append(SubscriptionUpdate(event.account, to_store(event, self.catalog)))
-            except BadEvent as exc:
-                dead.append(DeadLetter(rec, exc.reason, exc.detail))
-        if updates:
-            applied = self.retry("recording subscriptions", lambda: self.store.set_subscriptions(updates))
-            for a in applied:
-                self.metrics.account_updates.labels("applied" if a else "stale").inc()
-        return dead
-
-    def _apply_usage(
-        self, plan: BatchPlan, pending: Pending[list[ApplyResult]], now_ms: int
-    ) -> list[ApplyResult]:
-        results = self._await("applying usage", pending)
-        processed = dup = redelivered = 0
-        lags: list[int] = []
-        for acct, res in zip(plan.accounts, results, strict=True):
-            for ev, flag in zip(acct.events, res.flags, strict=True):
-                if flag == APPLIED:
-                    processed += 1
-                    lags.append(ev.time_ms)
-                elif flag == DUPLICATE:
-                    dup += 1
-                else:
-                    redelivered += 1
-        # The lag histogram sees an even sample of at most 64 counted events per slice: a
-        # distribution needs no more, and an observation costs microseconds.
-        for t in lags[:: max(1, len(lags) // 64)]:
-            self.metrics.event_lag.observe(max(0.0, (now_ms - t) / 1000))
-        self.metrics.events_processed.inc(processed)
-        self.metrics.events_deduplicated.labels("duplicate").inc(dup)
-        self.metrics.events_deduplicated.labels("redelivered").inc(redelivered)
-        self._count_skips(plan, results)
-        return results
-
-    def _count_skips(self, plan: BatchPlan, results: Sequence[ApplyResult]) -> None:
-        """SPEC 2.1: counted events a meter skipped for a missing value, and unmetered ones."""
-        missing, unmetered = skips(zip(plan.accounts, [r.flags for r in results], strict=True))
-        for meter, n in missing.items():
-            self.metrics.meter_value_missing.labels(meter).inc(n)
-        if unmetered:
-            self.metrics.events_unmetered.inc(unmetered)
-
-    def _evaluate(
-        self, plan: BatchPlan, results: Sequence[ApplyResult]
-    ) -> tuple[list[FireCall], list[tuple[AccountBatch, list[Candidate]]]]:
-        """Trigger candidates of each account, as fire calls (marks + outbox entries)."""
-        calls: list[FireCall] = []
-        cands: list[tuple[AccountBatch, list[Candidate]]] = []
-        if not self.catalog.triggers:
-            return calls, cands
-        for acct, res in zip(plan.accounts, results, strict=True):
-            sub = self._subscription(res.subscription)
-            state = build_state(self.catalog, acct.call.account, sub, res, acct.call.marks)
-            found = self.engine.evaluate(state, items_for(acct, res.flags))
-            if found:
-                account = acct.call.account
-                calls.append(
-                    FireCall(
-                        account,
-                        [
-                            FireCandidate(c.field, c.expected, c.mark(), c.topic, c.payload(account))
-                            for c in found
-                        ],
-                    )
-                )
-                cands.append((acct, found))
-        return calls, cands
-
-    def _subscription(self, flat: Sequence[bytes | str]) -> Subscription:
-        """The stored state of busy accounts rarely changes: parsed once per distinct state."""
-        key = tuple(flat)
-        sub = self._subscriptions.get(key)
-        if sub is None:
-            if len(self._subscriptions) >= 100_000:
-                self._subscriptions.clear()
-            raw = pairs(key)
-            sub = self._subscriptions[key] = from_store(raw, self.catalog)
-            if raw.get("status") == "active" and raw.get("plan", sub.plan) != sub.plan:
-                self._plan_gone(raw["plan"])
-        return sub
-
-    def _plan_gone(self, plan: str) -> None:
-        """An account's stored plan is not in the running catalog (removed by a reload): it is
-        priced on the default plan; said once per plan and catalog, not once per event."""
-        if plan not in self._warned_plans:
-            self._warned_plans.add(plan)
-            log.warning(
-                "plan %r is not in rules version %s: its accounts are on the default plan %r",
-                plan,
-                self.catalog.version,
-                self.catalog.default_plan,
-            )
-
-    def _fired(
-        self, cands: Sequence[tuple[AccountBatch, list[Candidate]]], pending: Pending[list[FireResult]]
-    ) -> dict[str, list[bytes]]:
-        """Per account with candidates, its outbox as the fire script that recorded them left it."""
-        replies = self._await("recording triggers", pending)
-        outboxes: dict[str, list[bytes]] = {}
-        for (acct, found), (_flags, outbox) in zip(cands, replies, strict=True):
-            self.engine.recorded(acct.call.account, found)
-            outboxes[acct.call.account] = outbox
-        return outboxes
-
-    def _publish(self, outboxes: dict[str, list[bytes]], dead: Sequence[DeadLetter]) -> None:
-        """Every account's outbox and the dead letters; then the acked entries are dropped."""
-        entries = [(account, items) for account, items in outboxes.items() if items]
-        self.metrics.outbox_depth.set(sum(len(e) for _, e in entries))
-        if not entries and not dead:
-            return
-
-        producer = self.producer
-        assert producer is not None
-        self.retry(
-            "publishing triggers and dead letters",
-            lambda: publish(producer, self.settings.topic_deadletter, entries, dead),
-        )
-        self.retry(
-            "acknowledging the outbox",
-            lambda: self.store.ack_outbox([OutboxAck(a, len(items), items[0]) for a, items in entries]),
-        )
-        self.metrics.outbox_depth.set(0)
-        for _, items in entries:
-            for item in items:
-                self.metrics.triggers_published.labels(kind_of(item)).inc()
-        for d in dead:
-            self.metrics.events_deadlettered.labels(d.reason).inc()
-
-    def _observe_lag(self) -> None:
-        if self.consumer is None:
-            return
-        for tp in self._assigned:
-            lag = self.consumer.lag(tp)
-            if lag is not None:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-
-
-def canonical_yaml(catalog: Catalog) -> str:
-    """A catalog as YAML that parses back to the same catalog (and version): what is stored
-    when the service was given a catalog rather than a file."""
-    import yaml
-
-    return str(yaml.safe_dump(catalog.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
-
-
-class _Rebalance:
-    def __init__(self, service: Service) -> None:
-        self.service = service
-
-    def revoked(self, revoked: frozenset[Partition]) -> None:
-        # Nothing is in flight here: a batch is committed before the next poll, and the
-        # listener runs inside poll.
-        self.service._assigned.difference_update(revoked)
-        self.service.offsets.revoked(revoked)
-        for tp in revoked:
-            with contextlib.suppress(KeyError):
-                self.service.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
-        self.service.metrics.ready.set(1 if self.service.ready() else 0)
-
-    def assigned(self, assigned: frozenset[Partition]) -> None:
-        self.service._assigned.update(assigned)
-        log.info("assigned %d partitions", len(assigned))
-        self.service.metrics.ready.set(1 if self.service.ready() else 0)

@@ -40,6 +40,12 @@ def parse_catalog_text(text: str, source: str) -> Catalog:
     return parse_catalog(_parse_yaml(text, source), source)
 
 
+def catalog_yaml(catalog: Catalog) -> str:
+    """A catalog as YAML that parses back to the same catalog (and version): what a service
+    given a catalog rather than a file keeps for the command line."""
+    return str(yaml.safe_dump(catalog.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+
+
 def parse_catalog(data: object, source: str) -> Catalog:
     """Check already-parsed data (a dict as from YAML). Raises `RulesError` listing every problem."""
     problems = reference_problems(data)

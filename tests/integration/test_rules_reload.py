@@ -408,12 +408,12 @@ def test_accounts_on_a_removed_plan_fall_back_to_the_default_plan_with_one_warni
         b"addons",
         b"[]",
     ]
-    with caplog.at_level("WARNING", logger="metering.service"):
-        assert service._subscription(flat).plan == "free"
-        assert service._subscription(other).plan == "free"
-        assert service._subscription(flat).plan == "free"
+    with caplog.at_level("WARNING", logger="metering.rules"):
+        assert service.processor.rules.subscription(flat).plan == "free"
+        assert service.processor.rules.subscription(other).plan == "free"
+        assert service.processor.rules.subscription(flat).plan == "free"
     warnings = [r.getMessage() for r in caplog.records if "not in rules version" in r.getMessage()]
     assert len(warnings) == 1 and "'starter'" in warnings[0] and "'free'" in warnings[0]
     service._use(catalog)  # back: the stored subscription was kept
-    assert service._subscription(flat).plan == "starter"
+    assert service.processor.rules.subscription(flat).plan == "starter"
     service.store.close()

@@ -219,7 +219,7 @@ def die(*args, **kwargs):
     # the triggers are recorded (marks + outbox) but not yet published, nothing committed
     os.kill(os.getpid(), signal.SIGKILL)
 
-service._publish = die
+service.pipeline.publish = die  # type: ignore[method-assign]
 service.run(max_idle_polls=150)
 """
 

@@ -1,0 +1,179 @@
+"""One batch of records through the engine, whatever carried them (Kafka for the service, a file
+for the backtest) and whatever keeps the state (any `Store`):
+
+  subscription records -> store (last by event time wins)
+  usage events -> plan (pure) -> one apply call per (account, partition)
+  -> trigger evaluation (pure) -> one fire call per account with candidates (marks + outbox)
+
+What the batch leaves to its carrier: the outbox entries to publish and the records to
+dead-letter. Nothing here publishes, commits or reads the clock: `now_ms` is passed in, and
+waiting on the store goes through `settle`, the caller's retry policy.
+
+Slices overlap the store with Python: a slice's apply calls run while the next slice is
+planned, and its triggers are evaluated while later slices apply. A partition is never split
+across slices, so no two calls in flight share an (account, partition) watermark, and a call
+redone after a lost connection cannot land behind a later one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from metering.core.calls import (
+    APPLIED,
+    DUPLICATE,
+    ApplyResult,
+    FireCall,
+    FireCandidate,
+    FireResult,
+    SubscriptionUpdate,
+)
+from metering.core.events import decode_event
+from metering.core.periods import weeks_back
+from metering.core.plan import (
+    SLICE_RECORDS,
+    AccountBatch,
+    BatchPlan,
+    DeadLetter,
+    Limits,
+    RecordLike,
+    partition_slices,
+    plan_batch,
+    skips,
+)
+from metering.core.state import build_state
+from metering.core.subscriptions import to_store
+from metering.engine.rules import RunningRules
+from metering.errors import BadEvent
+from metering.store import Pending, Store
+from metering.triggers import Candidate, items_for
+
+T = TypeVar("T")
+
+#: How the caller waits on the store: `settle(what, pending)` returns the result, redoing the
+#: calls under its retry policy after a transient failure (every store call is idempotent).
+Settle = Callable[[str, Pending[T]], T]
+#: How the caller runs a store call that is not pipelined: `retry(what, fn)`.
+Run = Callable[[str, Callable[[], T]], T]
+
+
+@dataclass
+class UsageOutcome:
+    """What one batch of usage events did, for the carrier's metrics and publishing."""
+
+    outboxes: dict[str, list[bytes]] = field(default_factory=dict)  # account -> its whole outbox
+    dead: list[DeadLetter] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+    redelivered: int = 0
+    lag_sample_ms: list[int] = field(default_factory=list)  # event times of counted events, sampled
+    missing: Counter[str] = field(default_factory=Counter)  # meter -> counted events without its value
+    unmetered: int = 0
+
+
+@dataclass
+class SubscriptionOutcome:
+    dead: list[DeadLetter]
+    applied: int
+    stale: int
+
+
+class Processor:
+    def __init__(self, rules: RunningRules, store: Store, limits: Limits, max_event_bytes: int) -> None:
+        self.rules = rules
+        self.store = store
+        self.limits = limits
+        self.max_event_bytes = max_event_bytes
+
+    def subscriptions(self, records: Sequence[RecordLike], run: Run[list[bool]]) -> SubscriptionOutcome:
+        """Subscription records into the store (SPEC 2.2); malformed ones are dead letters."""
+        updates: list[SubscriptionUpdate] = []
+        dead: list[DeadLetter] = []
+        for rec in records:
+            try:
+                event = decode_event(rec.value, rec.headers, self.max_event_bytes)
+                updates.append(SubscriptionUpdate(event.account, to_store(event, self.rules.catalog)))
+            except BadEvent as exc:
+                dead.append(DeadLetter(rec, exc.reason, exc.detail))
+        applied = (
+            run("recording subscriptions", lambda: self.store.set_subscriptions(updates)) if updates else []
+        )
+        n = sum(applied)
+        return SubscriptionOutcome(dead, n, len(applied) - n)
+
+    def usage(
+        self,
+        records: Sequence[RecordLike],
+        now_ms: int,
+        settle_apply: Settle[list[ApplyResult]],
+        settle_fire: Settle[list[FireResult]],
+    ) -> UsageOutcome:
+        """Plan, apply, evaluate and record one batch of usage events (see the module's doc)."""
+        rules, out = self.rules, UsageOutcome()
+        cutoff = weeks_back(now_ms, 12)[-1]
+        applying: list[tuple[BatchPlan, Pending[list[ApplyResult]]]] = []
+        for part in partition_slices(records, SLICE_RECORDS):
+            plan = plan_batch(part, rules.index, rules.engine, self.limits, now_ms)
+            out.dead += plan.dead
+            calls = [a.call for a in plan.accounts]
+            applying.append((plan, self.store.send_apply(calls, now_ms, cutoff, rules.weekly)))
+        firing: list[tuple[list[tuple[AccountBatch, list[Candidate]]], Pending[list[FireResult]]]] = []
+        for plan, pending in applying:
+            results = settle_apply("applying usage", pending)
+            self._count(plan, results, out)
+            for acct, res in zip(plan.accounts, results, strict=True):
+                out.outboxes[acct.call.account] = list(res.outbox)
+            fire_calls, cands = self._evaluate(plan, results)
+            firing.append((cands, self.store.send_fire(fire_calls)))
+        for cands, recording in firing:
+            # Replies come in send order, and every fire runs after every apply: the last
+            # outbox seen for an account is the freshest (entries left by a crash included).
+            replies = settle_fire("recording triggers", recording)
+            for (acct, found), reply in zip(cands, replies, strict=True):
+                rules.engine.recorded(acct.call.account, found)
+                out.outboxes[acct.call.account] = reply.outbox
+        return out
+
+    def _count(self, plan: BatchPlan, results: Sequence[ApplyResult], out: UsageOutcome) -> None:
+        lags: list[int] = []
+        for acct, res in zip(plan.accounts, results, strict=True):
+            for ev, flag in zip(acct.events, res.flags, strict=True):
+                if flag == APPLIED:
+                    out.applied += 1
+                    lags.append(ev.time_ms)
+                elif flag == DUPLICATE:
+                    out.duplicates += 1
+                else:
+                    out.redelivered += 1
+        # An even sample of at most 64 counted events per slice: a lag distribution needs no
+        # more, and an observation costs microseconds.
+        out.lag_sample_ms += lags[:: max(1, len(lags) // 64)]
+        missing, unmetered = skips(zip(plan.accounts, [r.flags for r in results], strict=True))
+        out.missing.update(missing)
+        out.unmetered += unmetered
+
+    def _evaluate(
+        self, plan: BatchPlan, results: Sequence[ApplyResult]
+    ) -> tuple[list[FireCall], list[tuple[AccountBatch, list[Candidate]]]]:
+        """Trigger candidates of each account, as fire calls (marks + outbox entries)."""
+        rules = self.rules
+        calls: list[FireCall] = []
+        cands: list[tuple[AccountBatch, list[Candidate]]] = []
+        if not rules.catalog.triggers:
+            return calls, cands
+        for acct, res in zip(plan.accounts, results, strict=True):
+            account = acct.call.account
+            state = build_state(
+                rules.catalog, account, rules.subscription(res.subscription), res, acct.call.marks
+            )
+            found = rules.engine.evaluate(state, items_for(acct, res.flags))
+            if found:
+                candidates = [
+                    FireCandidate(c.field, c.expected, c.mark(), c.topic, c.payload(account)) for c in found
+                ]
+                calls.append(FireCall(account, candidates))
+                cands.append((acct, found))
+        return calls, cands
