@@ -27,7 +27,7 @@ import yaml
 
 from consumers.topics import ensure_topics
 from metering.settings import Settings
-from metering.store import Store
+from metering.store import RedisStore
 from rules.loader import load_catalog
 from tests.fault.checks import check_fired_marks, check_published_triggers
 from tests.fault.conftest import Infra, free_port, report, wait_topic_committed
@@ -112,7 +112,7 @@ def test_a_rebalance_storm_ends_with_exact_totals_and_every_trigger_once(
     finally:
         consumers.stop_all()
 
-    store = Store(s)
+    store = RedisStore(s)
     try:
         bad = mismatches(store, catalog, sc.aggregates, limit=50)
         assert bad == [], bad
@@ -199,6 +199,6 @@ def test_a_member_cut_off_from_its_broker_recovers_by_itself(fault_infra: Infra,
         os.kill(pid, signal.SIGCONT)
         sampling.set()
         consumers.stop_all()
-    bad = mismatches(Store(s), catalog, oracle)
+    bad = mismatches(RedisStore(s), catalog, oracle)
     assert bad == [], bad
     report(f"CHECK broker freeze: {n(len(oracle.seen))} distinct events counted exactly once")

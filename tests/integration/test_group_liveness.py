@@ -32,7 +32,7 @@ from consumers.service import Service
 from consumers.topics import ensure_topics
 from metering.core.periods import format_rfc3339
 from metering.settings import Settings
-from metering.store import Store
+from metering.store import RedisStore
 from rules.loader import load_catalog
 from tests.kafka_util import produce
 from tests.pipeline_util import isolated_settings, start_run, wait_committed
@@ -182,7 +182,7 @@ def test_a_join_left_half_done_is_finished_and_every_event_counted(
     restarts = sum(_counter(service, "consumer_restarts", r) for r in ("no_heartbeat", "stuck_rebalance"))
     print(f"\nhalf-done join: cut {cut.cut}; forced rejoins {forced:.0f}, consumer restarts {restarts:.0f}")
     assert forced >= 1 and restarts == 0, "the mend finished the join, not the watchdog"
-    assert mismatches(Store(settings), load_catalog(settings.rules), oracle) == []  # type: ignore[arg-type]
+    assert mismatches(RedisStore(settings), load_catalog(settings.rules), oracle) == []  # type: ignore[arg-type]
 
 
 def test_the_watchdog_rebuilds_a_member_stuck_in_a_half_done_join(
@@ -217,7 +217,7 @@ def test_the_watchdog_rebuilds_a_member_stuck_in_a_half_done_join(
         sampler.join()
     assert _counter(service, "consumer_restarts", "stuck_rebalance") >= 1
     assert False in health, "/healthz was false while the member was stuck"
-    assert mismatches(Store(settings), load_catalog(settings.rules), oracle) == []  # type: ignore[arg-type]
+    assert mismatches(RedisStore(settings), load_catalog(settings.rules), oracle) == []  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
@@ -235,7 +235,7 @@ def test_partitions_added_while_running_are_consumed_within_the_metadata_age(
     _produce_everywhere(s, records[3_000:], 8)
     wait_committed(s, timeout=60)  # kafka-python's default would see them after 5 minutes
     print(f"\n4 partitions added: all consumed {time.monotonic() - t0:.1f} s after (metadata age 3 s)")
-    assert mismatches(Store(s), catalog, oracle) == []
+    assert mismatches(RedisStore(s), catalog, oracle) == []
 
 
 def _usage(n: int, tag: str, now_ms: int) -> tuple[list[tuple[bytes, bytes]], Oracle]:
@@ -278,5 +278,5 @@ def test_a_service_started_on_topics_created_the_same_second_counts_everything_2
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(20)
-        assert mismatches(Store(s), catalog, oracle) == [], f"start {i}"
+        assert mismatches(RedisStore(s), catalog, oracle) == [], f"start {i}"
     print(f"\n20 fresh starts: every event counted each time, {min(took):.1f}-{max(took):.1f} s after start")
