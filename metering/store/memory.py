@@ -1,0 +1,393 @@
+"""The in-memory store: `Store` over plain dicts, for the backtest (no Redis, no network).
+
+It answers every call exactly as `RedisStore` does, because it is the Lua scripts of `lua/`
+written again in Python, one method per script, step by step (each step's comment names the
+lines of the script it mirrors): a change to a script maps to one method here, and the store
+contract tests (tests/store_contract.py) run the same tests against both stores.
+
+What it keeps per account (`_Account`) is what Redis keeps under the account's keys (`keys.py`):
+the subscription hash, the offset watermarks, one hash per billing period (counts and sums as
+integers, maxima and `latest` values as the strings the caller sent, `latest` event times), the
+unique members per meter and period, the ISO-week counts of the weekly meters, the lifetime
+totals, the fired marks, the outbox, and the dedup buckets.
+
+Time: Redis expires a dedup bucket by its own clock, `ttl` seconds after the bucket was last
+written; here the clock is the `now_ms` of the calls (the backtest's replay clock), so a bucket
+written at `now_ms` lives until `now_ms + ttl * 1000`, and expired buckets are dropped as the
+clock passes them (memory holds the ids of the last one to three windows, as Redis does).
+
+Where it cannot be the same: a sum past int64 makes Redis's HINCRBY fail with a script error
+(after the writes that came before it); here `OverflowError` is raised, also after the updates
+of the events before it. Both are bugs to stop on (a period sum of over 9.2 * 10^12 units).
+
+Beyond the `Store` interface, `forget_periods_before` lets the backtest drop billing periods no
+event can reach any more (older than the late cutoff), so its memory stays bounded over years.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from metering.core.calls import (
+    APPLIED,
+    DUPLICATE,
+    REDELIVERED,
+    ApplyCall,
+    ApplyResult,
+    FireCall,
+    FireResult,
+    OutboxAck,
+    PeriodReply,
+    StoredCatalog,
+    SubscriptionUpdate,
+    Text,
+    WeeksReply,
+)
+from metering.core.meters import OP
+from metering.store.base import Done, Pending, Store
+
+INT64_MAX = 2**63 - 1
+WEEKS_KEPT = 12  # apply.lua: a weekly hash is trimmed when it grows past 12 weeks
+
+_COUNT, _SUM, _MAX, _UNIQUE, _LATEST = OP["count"], OP["sum"], OP["max"], OP["unique_count"], OP["latest"]
+
+
+def _int_ge(a: str, b: str) -> bool:
+    """apply.lua `int_ge`: a >= b for non-negative integer strings without leading zeros."""
+    if len(a) != len(b):
+        return len(a) > len(b)
+    return a >= b
+
+
+@dataclass(eq=False)
+class _Bucket:
+    """One dedup bucket (`d:<n>` in Redis): the digests recorded in it and its expiry."""
+
+    digests: set[str]
+    expires_ms: int
+
+
+@dataclass(eq=False)
+class _Account:
+    """An account's keys (`<prefix>:{<account>}:...` in Redis), as plain data."""
+
+    sub: dict[str, str] = field(default_factory=dict)  # sub
+    sub_flat: tuple[str, ...] = ()  # sub as HGETALL answers it (kept with `sub`)
+    wm: dict[str, int] = field(default_factory=dict)  # wm
+    # p:<period>: "<meter>:n" / count and sum "<meter>:v" / latest "<meter>:t" -> int;
+    # max and latest "<meter>:v" -> the string stored
+    periods: dict[str, dict[str, int | str]] = field(default_factory=dict)
+    uniques: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # u:<meter>:<period>
+    weeks: dict[str, dict[str, int]] = field(default_factory=dict)  # w:<meter>
+    life: dict[str, int] = field(default_factory=dict)  # life
+    fired: dict[str, str] = field(default_factory=dict)  # fired
+    outbox: list[bytes] = field(default_factory=list)  # ob
+    dedup: dict[int, _Bucket] = field(default_factory=dict)  # d:<bucket>
+
+
+def _flat(values: Mapping[str, int | str]) -> list[Text]:
+    out: list[Text] = []
+    for f, v in values.items():
+        out.append(f)
+        out.append(v if type(v) is str else str(v))
+    return out
+
+
+def _add(values: dict[str, int | str], field_: str, n: int) -> None:
+    """HINCRBY semantics for a sum or count field: exact, int64, and a field that only ever
+    had 0 added does not exist (apply.lua writes a gathered delta only when it is not 0)."""
+    if n:
+        v = int(values.get(field_, 0)) + n
+        if v > INT64_MAX:
+            raise OverflowError(f"ERR increment or decrement would overflow ({field_})")
+        values[field_] = v
+
+
+def _add_life(life: dict[str, int], meter: str, n: int) -> None:
+    """`_add` for the lifetime hash (every value an integer)."""
+    if n:
+        v = life.get(meter, 0) + n
+        if v > INT64_MAX:
+            raise OverflowError(f"ERR increment or decrement would overflow ({meter})")
+        life[meter] = v
+
+
+class MemoryStore(Store):
+    def __init__(self, dedup_window_ms: int = 86_400_000) -> None:
+        self.window_ms = dedup_window_ms
+        self.accounts: dict[str, _Account] = {}
+        self.catalog: StoredCatalog | None = None
+        self._swept_bucket = -1
+
+    # -- the interface ---------------------------------------------------------------------
+
+    def check(self) -> None:
+        return None
+
+    def send_apply(
+        self, calls: Sequence[ApplyCall], now_ms: int, week_cutoff: str, weekly: Sequence[str] = ()
+    ) -> Pending[list[ApplyResult]]:
+        # RedisStore.send_apply: the bucket and its TTL from the window
+        if self.window_ms > 0:
+            bucket, ttl = now_ms // self.window_ms, (2 * self.window_ms) // 1000 + 3600
+            if bucket > self._swept_bucket:
+                self._expire(now_ms)
+                self._swept_bucket = bucket
+        else:
+            bucket, ttl = 0, 0
+        weekly_set = frozenset(weekly)
+        return Done([self._apply(c, bucket, ttl, now_ms, week_cutoff, weekly_set) for c in calls])
+
+    def send_fire(self, calls: Sequence[FireCall]) -> Pending[list[FireResult]]:
+        return Done([self._fire(c) for c in calls])
+
+    def ack_outbox(self, acks: Sequence[OutboxAck]) -> None:
+        for a in acks:
+            self._outbox_ack(a)
+
+    def set_subscriptions(self, updates: Sequence[SubscriptionUpdate]) -> list[bool]:
+        return [self._subscription(u) for u in updates]
+
+    def save_catalog(self, catalog: StoredCatalog) -> None:
+        self.catalog = catalog
+
+    def stored_catalog(self) -> StoredCatalog | None:
+        return self.catalog
+
+    def read_account(
+        self, account: str, period: str, uniq: Sequence[str], weeks: Sequence[str]
+    ) -> ApplyResult:
+        # RedisStore.read_account: the apply script's read-back with no events (writes nothing)
+        call = ApplyCall(account, "__read__/0", (), (period,), uniq, weeks, ())
+        return self.apply([call], now_ms=0, week_cutoff="")[0]
+
+    def fired(self, account: str) -> dict[str, str]:
+        acct = self.accounts.get(account)
+        return dict(acct.fired) if acct is not None else {}
+
+    def outbox(self, account: str) -> list[bytes]:
+        acct = self.accounts.get(account)
+        return list(acct.outbox) if acct is not None else []
+
+    def close(self) -> None:
+        return None
+
+    # -- beyond the interface --------------------------------------------------------------
+
+    def forget_periods_before(self, period: str) -> int:
+        """Drop every billing period older than `period` ("2026-11"; the same string order as
+        Redis keys): their hashes and unique sets. Only for callers that can no longer apply
+        or read such a period (the backtest, past its late cutoff). Returns periods dropped."""
+        dropped = 0
+        for acct in self.accounts.values():
+            old = [p for p in acct.periods if p < period]
+            for p in old:
+                del acct.periods[p]
+            dropped += len(old)
+            if acct.uniques:
+                for key in [k for k in acct.uniques if k[1] < period]:
+                    del acct.uniques[key]
+        return dropped
+
+    def _expire(self, now_ms: int) -> None:
+        """Redis's expiry of dedup buckets, by the calls' clock (run once per new bucket)."""
+        for acct in self.accounts.values():
+            if acct.dedup:
+                for b in [b for b, v in acct.dedup.items() if v.expires_ms < now_ms]:
+                    del acct.dedup[b]
+
+    def _account(self, account: str) -> _Account:
+        acct = self.accounts.get(account)
+        if acct is None:
+            acct = self.accounts[account] = _Account()
+        return acct
+
+    # -- apply.lua -------------------------------------------------------------------------
+
+    def _apply(
+        self,
+        call: ApplyCall,
+        bucket: int,
+        ttl: int,
+        now_ms: int,
+        week_cutoff: str,
+        weekly: frozenset[str],
+    ) -> ApplyResult:
+        events = call.events
+        acct = self.accounts.get(call.account)
+        if acct is None:
+            if not events:  # a read of an account never written: nothing to create
+                return _empty_result(call)
+            acct = self._account(call.account)
+
+        # 1. Offsets, then (source, id) digests (apply.lua "-- 1.").
+        watermark = acct.wm.get(call.wm_field, -1)
+        flags = [REDELIVERED] * len(events)
+        fresh: list[int] = []
+        max_offset = watermark
+        # Events are read by position (EventUpdate's fields: offset, digest, period, week,
+        # time_ms, updates), as the codec sends them: any tuple of that shape will do.
+        for i, ev in enumerate(events):
+            offset = ev[0]
+            if offset > watermark:
+                fresh.append(i)
+                max_offset = max(max_offset, offset)
+        if ttl > 0 and fresh:
+            # the previous and the current bucket (HMGET each), and earlier in this call
+            prev, cur = acct.dedup.get(bucket - 1), acct.dedup.get(bucket)
+            in_prev = prev.digests if prev is not None and prev.expires_ms >= now_ms else ()
+            in_cur = cur.digests if cur is not None and cur.expires_ms >= now_ms else ()
+            seen: set[str] = set()
+            record: list[str] = []
+            for i in fresh:
+                d = events[i][1]
+                if d in in_prev or d in in_cur or d in seen:
+                    flags[i] = DUPLICATE
+                else:
+                    seen.add(d)
+                    flags[i] = APPLIED
+                    record.append(d)
+            if record:  # HSET the digests, EXPIRE the bucket
+                if cur is None or cur.expires_ms < now_ms:
+                    cur = acct.dedup[bucket] = _Bucket(set(), 0)
+                cur.digests.update(record)
+                cur.expires_ms = now_ms + ttl * 1000
+        else:
+            for i in fresh:
+                flags[i] = APPLIED
+
+        # 2.-3. Gather and write the applied events' updates (apply.lua "-- 2." and "-- 3.").
+        # One event at a time: sums are exact integers (the script's doubles are exact by
+        # construction), a maximum is the largest string by `int_ge`, `latest` is by event
+        # time with ties to the later event (the same winner as the script's gathered one).
+        week_bumps: dict[str, dict[str, int]] = {}
+        periods, life = acct.periods, acct.life
+        for i, ev in enumerate(events):
+            if flags[i] != APPLIED:
+                continue
+            _, _, period, week, time_ms, updates = ev
+            p = periods.get(period)
+            if p is None:
+                p = periods[period] = {}
+            for meter, op, arg in updates:
+                _add(p, meter + ":n", 1)
+                if meter in weekly:
+                    wb = week_bumps.get(meter)
+                    if wb is None:
+                        wb = week_bumps[meter] = {}
+                    wb[week] = wb.get(week, 0) + 1
+                if op == _COUNT:
+                    _add(p, meter + ":v", 1)
+                    _add_life(life, meter, 1)
+                elif op == _SUM:
+                    n = int(arg)
+                    _add(p, meter + ":v", n)
+                    _add_life(life, meter, n)
+                else:
+                    _add_life(life, meter, 1)
+                    if op == _UNIQUE:
+                        key = (meter, period)
+                        members = acct.uniques.get(key)
+                        if members is None:
+                            members = acct.uniques[key] = set()
+                        members.add(arg)
+                    elif op == _MAX:
+                        vfield = meter + ":v"
+                        cur_max = p.get(vfield)
+                        if cur_max is None or not _int_ge(str(cur_max), arg):
+                            p[vfield] = arg
+                    elif op == _LATEST:
+                        tfield = meter + ":t"
+                        if time_ms >= int(p.get(tfield, -1)):
+                            p[meter + ":v"] = arg
+                            p[tfield] = time_ms
+
+        # The weekly counts: HINCRBY each week; a week just created may overflow the 12 kept,
+        # then every week before the cutoff goes (apply.lua "for wkey, bumps").
+        for meter, bumps in week_bumps.items():
+            weeks = acct.weeks.get(meter)
+            if weeks is None:
+                weeks = acct.weeks[meter] = {}
+            created = False
+            for week, n in bumps.items():
+                before = weeks.get(week, 0)
+                weeks[week] = before + n
+                if before == 0:
+                    created = True
+            if created and len(weeks) > WEEKS_KEPT:
+                for w in [w for w in weeks if w < week_cutoff]:
+                    del weeks[w]
+
+        if max_offset > watermark:
+            acct.wm[call.wm_field] = max_offset
+
+        # 4. Read back what trigger evaluation needs (apply.lua "-- 4.").
+        return ApplyResult(
+            "".join(flags),
+            acct.sub_flat,
+            [self._period_reply(acct, period, call.uniq) for period in call.periods],
+            _flat(life),
+            [WeeksReply(meter, _flat(acct.weeks.get(meter, {}))) for meter in call.weeks],
+            [acct.fired.get(m, "") for m in call.marks],
+            list(acct.outbox),
+        )
+
+    @staticmethod
+    def _period_reply(acct: _Account, period: str, uniq: Sequence[str]) -> PeriodReply:
+        values = acct.periods.get(period)
+        uniques = acct.uniques
+        return PeriodReply(
+            period,
+            _flat(values) if values else [],
+            [(m, len(uniques.get((m, period), ()))) for m in uniq],
+        )
+
+    # -- fire.lua --------------------------------------------------------------------------
+
+    def _fire(self, call: FireCall) -> FireResult:
+        acct = self._account(call.account)
+        out: list[str] = []
+        for c in call.candidates:
+            # compare-and-set the mark; the outbox entry in the same step
+            if acct.fired.get(c.field, "") == c.expected:
+                acct.fired[c.field] = c.mark
+                acct.outbox.append((c.topic + "\n" + c.payload).encode("utf-8", "surrogatepass"))
+                out.append("1")
+            else:
+                out.append("0")
+        return FireResult("".join(out), list(acct.outbox))
+
+    # -- outbox_ack.lua --------------------------------------------------------------------
+
+    def _outbox_ack(self, ack: OutboxAck) -> bool:
+        acct = self.accounts.get(ack.account)
+        # LINDEX 0 must still be the first entry published; then LTRIM n..-1
+        if acct is None or not acct.outbox or acct.outbox[0] != ack.first:
+            return False
+        del acct.outbox[: ack.n]
+        return True
+
+    # -- subscription.lua ------------------------------------------------------------------
+
+    def _subscription(self, update: SubscriptionUpdate) -> bool:
+        acct = self._account(update.account)
+        # last by event time wins; a tie goes to the later record
+        if int(update.state["time"]) < int(acct.sub.get("time", "-1")):
+            return False
+        acct.sub = dict(update.state)  # DEL, then HSET of the new state
+        acct.sub_flat = tuple(x for kv in acct.sub.items() for x in kv)
+        return True
+
+
+def _empty_result(call: ApplyCall) -> ApplyResult:
+    """What the apply script reads back for an account with no keys at all."""
+    return ApplyResult(
+        "",
+        (),
+        [PeriodReply(p, [], [(m, 0) for m in call.uniq]) for p in call.periods],
+        [],
+        [WeeksReply(m, []) for m in call.weeks],
+        ["" for _ in call.marks],
+        [],
+    )
