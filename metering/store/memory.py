@@ -26,7 +26,7 @@ event can reach any more (older than the late cutoff), so its memory stays bound
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from metering.core.calls import (
@@ -68,6 +68,47 @@ class _Bucket:
     expires_ms: int
 
 
+class _Hash:
+    """A Redis hash of strings kept as HGETALL answers it (field, value, field, value, ...), with
+    each field's position: a read-back is a copy of one list, an update one assignment."""
+
+    __slots__ = ("flat", "index")
+
+    def __init__(self) -> None:
+        self.flat: list[str] = []
+        self.index: dict[str, int] = {}  # field -> position of its value in `flat`
+
+    def __bool__(self) -> bool:
+        return bool(self.flat)
+
+    def get(self, field_: str) -> str | None:
+        i = self.index.get(field_)
+        return None if i is None else self.flat[i]
+
+    def set(self, field_: str, value: str) -> None:
+        i = self.index.get(field_)
+        if i is None:
+            self.index[field_] = len(self.flat) + 1
+            self.flat += (field_, value)
+        else:
+            self.flat[i] = value
+
+    def add(self, field_: str, n: int) -> None:
+        """HINCRBY: exact, int64; a field that only ever had 0 added does not exist (apply.lua
+        writes a gathered delta only when it is not 0)."""
+        if not n:
+            return
+        i = self.index.get(field_)
+        if i is None:
+            self.index[field_] = len(self.flat) + 1
+            self.flat += (field_, str(n))
+            return
+        v = int(self.flat[i]) + n
+        if v > INT64_MAX:
+            raise OverflowError(f"ERR increment or decrement would overflow ({field_})")
+        self.flat[i] = str(v)
+
+
 @dataclass(eq=False)
 class _Account:
     """An account's keys (`<prefix>:{<account>}:...` in Redis), as plain data."""
@@ -75,42 +116,21 @@ class _Account:
     sub: dict[str, str] = field(default_factory=dict)  # sub
     sub_flat: tuple[str, ...] = ()  # sub as HGETALL answers it (kept with `sub`)
     wm: dict[str, int] = field(default_factory=dict)  # wm
-    # p:<period>: "<meter>:n" / count and sum "<meter>:v" / latest "<meter>:t" -> int;
-    # max and latest "<meter>:v" -> the string stored
-    periods: dict[str, dict[str, int | str]] = field(default_factory=dict)
+    # p:<period>: "<meter>:n" events, "<meter>:v" value, "<meter>:t" time of a latest value
+    periods: dict[str, _Hash] = field(default_factory=dict)
     uniques: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # u:<meter>:<period>
     weeks: dict[str, dict[str, int]] = field(default_factory=dict)  # w:<meter>
-    life: dict[str, int] = field(default_factory=dict)  # life
+    life: _Hash = field(default_factory=_Hash)  # life
     fired: dict[str, str] = field(default_factory=dict)  # fired
     outbox: list[bytes] = field(default_factory=list)  # ob
     dedup: dict[int, _Bucket] = field(default_factory=dict)  # d:<bucket>
 
 
-def _flat(values: Mapping[str, int | str]) -> list[Text]:
+def _flat_weeks(weeks: dict[str, int]) -> list[Text]:
     out: list[Text] = []
-    for f, v in values.items():
-        out.append(f)
-        out.append(v if type(v) is str else str(v))
+    for w, n in weeks.items():
+        out += (w, str(n))
     return out
-
-
-def _add(values: dict[str, int | str], field_: str, n: int) -> None:
-    """HINCRBY semantics for a sum or count field: exact, int64, and a field that only ever
-    had 0 added does not exist (apply.lua writes a gathered delta only when it is not 0)."""
-    if n:
-        v = int(values.get(field_, 0)) + n
-        if v > INT64_MAX:
-            raise OverflowError(f"ERR increment or decrement would overflow ({field_})")
-        values[field_] = v
-
-
-def _add_life(life: dict[str, int], meter: str, n: int) -> None:
-    """`_add` for the lifetime hash (every value an integer)."""
-    if n:
-        v = life.get(meter, 0) + n
-        if v > INT64_MAX:
-            raise OverflowError(f"ERR increment or decrement would overflow ({meter})")
-        life[meter] = v
 
 
 class MemoryStore(Store):
@@ -269,23 +289,24 @@ class MemoryStore(Store):
             _, _, period, week, time_ms, updates = ev
             p = periods.get(period)
             if p is None:
-                p = periods[period] = {}
+                p = periods[period] = _Hash()
+            add = p.add
             for meter, op, arg in updates:
-                _add(p, meter + ":n", 1)
+                add(meter + ":n", 1)
                 if meter in weekly:
                     wb = week_bumps.get(meter)
                     if wb is None:
                         wb = week_bumps[meter] = {}
                     wb[week] = wb.get(week, 0) + 1
                 if op == _COUNT:
-                    _add(p, meter + ":v", 1)
-                    _add_life(life, meter, 1)
+                    add(meter + ":v", 1)
+                    life.add(meter, 1)
                 elif op == _SUM:
                     n = int(arg)
-                    _add(p, meter + ":v", n)
-                    _add_life(life, meter, n)
+                    add(meter + ":v", n)
+                    life.add(meter, n)
                 else:
-                    _add_life(life, meter, 1)
+                    life.add(meter, 1)
                     if op == _UNIQUE:
                         key = (meter, period)
                         members = acct.uniques.get(key)
@@ -295,13 +316,14 @@ class MemoryStore(Store):
                     elif op == _MAX:
                         vfield = meter + ":v"
                         cur_max = p.get(vfield)
-                        if cur_max is None or not _int_ge(str(cur_max), arg):
-                            p[vfield] = arg
+                        if cur_max is None or not _int_ge(cur_max, arg):
+                            p.set(vfield, arg)
                     elif op == _LATEST:
                         tfield = meter + ":t"
-                        if time_ms >= int(p.get(tfield, -1)):
-                            p[meter + ":v"] = arg
-                            p[tfield] = time_ms
+                        t = p.get(tfield)
+                        if t is None or time_ms >= int(t):
+                            p.set(meter + ":v", arg)
+                            p.set(tfield, str(time_ms))
 
         # The weekly counts: HINCRBY each week; a week just created may overflow the 12 kept,
         # then every week before the cutoff goes (apply.lua "for wkey, bumps").
@@ -327,8 +349,8 @@ class MemoryStore(Store):
             "".join(flags),
             acct.sub_flat,
             [self._period_reply(acct, period, call.uniq) for period in call.periods],
-            _flat(life),
-            [WeeksReply(meter, _flat(acct.weeks.get(meter, {}))) for meter in call.weeks],
+            list(life.flat),
+            [WeeksReply(meter, _flat_weeks(acct.weeks.get(meter, {}))) for meter in call.weeks],
             [acct.fired.get(m, "") for m in call.marks],
             list(acct.outbox),
         )
@@ -339,7 +361,7 @@ class MemoryStore(Store):
         uniques = acct.uniques
         return PeriodReply(
             period,
-            _flat(values) if values else [],
+            list(values.flat) if values is not None else [],
             [(m, len(uniques.get((m, period), ()))) for m in uniq],
         )
 

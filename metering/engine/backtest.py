@@ -1,0 +1,480 @@
+"""The backtest (SPEC 7.2): files of past usage events and subscription records through the
+service's own batch step (`Processor`: decode, meters, dedup, late and future, pricing, every
+trigger kind, cooldowns) over an in-memory store, with no Kafka and no Redis. Nothing is
+published: the triggers are the outbox entries the fire step leaves, read and acknowledged
+as the service publishes and acknowledges them, so they carry the ids the service publishes.
+
+**Input.** JSON Lines, streamed (never read whole). A file is either CloudEvents, one per line
+(what `metering send` sends), or a Kafka record export, one record per line:
+`{"timestamp": <epoch ms or RFC 3339>, "key": ..., "headers": ..., "value": <the CloudEvent,
+as an object or a string>}` (`ts`/`payload`, as `kcat -J` writes them, are read too); the
+first line with content says which. A record is what the service would consume: a line that is
+not a CloudEvent is a dead letter with the service's reason.
+
+**Now.** The service decides with "now" = its clock when it processes a record; the replay's
+clock is the newest *arrival time* seen so far, in file order (= arrival order):
+- a record's arrival time is its record timestamp in an export, else its own event time (an
+  event is taken to arrive when it happened);
+- "now" for a record is that clock once the record has arrived: it never goes back;
+- so, as in the service: `late` = before the start of now's billing period minus the grace;
+  `future` = more than the tolerance (5 min) ahead of now; the dedup bucket is now's.
+A file sorted by event time, without arrival times, is replayed with now = each event's own
+time (SPEC 7.2): nothing in it is late or future. An event older than one before it in the
+file is judged against that newer one's time, as the service would judge it had the lines
+arrived in that order. Only an arrival time can show an event from the future (a producer's
+clock ahead): a bare line that is, moves the clock ahead with it. Subscription records take
+effect at their arrival (or event) time, merged with the events; on a tie, first.
+
+**Order and batching.** Records are processed in file order: the arrival order, which is the
+order the service consumes an account's records in (one account, one partition). The result is
+that of the service consuming ONE record per batch (each event evaluated against the state
+right after it, marks and cooldowns as they stand), for any batch size used here, because:
+- a batch holds records whose clocks share the billing period, the dedup bucket and the ISO
+  week, so one "now" (the batch's newest clock) gives each the late cut, the dedup buckets, the
+  weekly trim and the read-back periods of its own clock; and a record `future` at its own
+  clock stays future at the batch's: the batch is cut before the clock reaches it;
+- a batch runs as rounds, each holding at most ONE event per account (the k-th round the k-th
+  event of each account, in file order), and accounts share no state: every event is applied,
+  evaluated and recorded alone, after its account's earlier events and before its later ones.
+The tests check it: any batch size gives the same report as batches of one.
+
+**Memory** grows with accounts (their aggregates, marks and subscription) and the ids inside
+the dedup window, not with events: files are read line by line, batches are bounded, dedup
+buckets expire with the clock, and periods before the late cutoff are dropped (with a late
+grace of 0 every period stays reachable, and kept). The triggers found are kept for the
+report.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+
+from metering.core.calls import OutboxAck
+from metering.core.events import Event, decode_event
+from metering.core.periods import DAY_MS, iso_week, parse_rfc3339, period_of, period_start_ms
+from metering.core.plan import Limits, Record, RecordLike
+from metering.engine.processor import Processor
+from metering.engine.rules import RunningRules
+from metering.errors import BadEvent, InputError
+from metering.store import MemoryStore, Pending
+from rules.models import Catalog
+
+EVENTS_TOPIC = "events"
+ACCOUNTS_TOPIC = "accounts"
+BATCH_RECORDS = 2000  # records per batch (a batch runs as rounds of one event per account)
+EXAMPLES = 10  # dead letters kept with their line and detail; the rest are only counted
+
+
+# -- reading the files ---------------------------------------------------------------------
+
+
+class Line(NamedTuple):
+    """One record of a file, as the service would consume it, and its arrival time if the
+    file says (a Kafka export's record timestamp)."""
+
+    number: int  # 1-based line number
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...]
+    arrival_ms: int | None
+    size: int  # bytes of the line in the file (progress)
+
+
+def _envelope(doc: object) -> bool:
+    return isinstance(doc, dict) and "specversion" not in doc and ("value" in doc or "payload" in doc)
+
+
+def _bytes(x: object, what: str) -> bytes | None:
+    if x is None:
+        return None
+    if isinstance(x, str):
+        return x.encode("utf-8", "surrogatepass")
+    if isinstance(x, dict | list):
+        return orjson.dumps(x)
+    raise ValueError(f"{what} must be a string or JSON, got {type(x).__name__}")
+
+
+def _timestamp(x: object) -> int | None:
+    if x is None:
+        return None
+    if isinstance(x, bool):
+        raise ValueError("timestamp must be epoch milliseconds or RFC 3339")
+    if isinstance(x, int):
+        return x
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    if isinstance(x, str):
+        try:
+            return parse_rfc3339(x)
+        except ValueError:
+            if x.strip().lstrip("-").isdigit():
+                return int(x)
+    raise ValueError(f"timestamp {str(x)[:40]!r} is neither epoch milliseconds nor RFC 3339")
+
+
+def _headers(x: object) -> tuple[tuple[str, bytes | None], ...]:
+    if x is None:
+        return ()
+    if isinstance(x, dict):
+        pairs = list(x.items())
+    elif isinstance(x, list) and all(isinstance(h, list) and len(h) == 2 for h in x):
+        pairs = [(h[0], h[1]) for h in x]
+    elif isinstance(x, list) and len(x) % 2 == 0:  # kcat -J: ["name", "value", ...]
+        pairs = list(zip(x[::2], x[1::2], strict=True))
+    else:
+        raise ValueError("headers must be an object, a list of [name, value] or kcat's flat list")
+    out: list[tuple[str, bytes | None]] = []
+    for name, value in pairs:
+        if not isinstance(name, str):
+            raise ValueError("a header name must be a string")
+        out.append((name, _bytes(value, f"header {name}")))
+    return tuple(out)
+
+
+def _export_line(path: Path, number: int, text: bytes, size: int) -> Line:
+    try:
+        doc = orjson.loads(text)
+        if not _envelope(doc):
+            raise ValueError("not a record of the export (an object with `value` and `timestamp`)")
+        assert isinstance(doc, dict)
+        value = doc["value"] if "value" in doc else doc["payload"]
+        ts = doc["timestamp"] if "timestamp" in doc else doc.get("ts")
+        return Line(
+            number,
+            _bytes(doc.get("key"), "key"),
+            _bytes(value, "value"),
+            _headers(doc.get("headers")),
+            _timestamp(ts),
+            size,
+        )
+    except (orjson.JSONDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: line {number}: {str(exc)[:200]}") from None
+
+
+def read_lines(path: Path) -> Iterator[Line]:
+    """The records of a JSON Lines file, one at a time (blank lines skipped). InputError for a
+    broken line of a Kafka export; an unreadable file raises OSError."""
+    export: bool | None = None
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            text = raw.strip()
+            if not text:
+                continue
+            if export is None:
+                try:
+                    export = _envelope(orjson.loads(text))
+                except orjson.JSONDecodeError:
+                    export = False
+            if export:
+                yield _export_line(path, number, text, len(raw))
+            else:
+                yield Line(number, None, text, (), None, len(raw))
+
+
+# -- one catalog replayed ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    limits: Limits  # the service's: event size, late grace, future tolerance
+    dedup_window_ms: int
+    default_topic: str = "usage.triggers"
+    batch_records: int = BATCH_RECORDS
+
+
+@dataclass(frozen=True)
+class DeadExample:
+    file: str  # "events" or "accounts"
+    line: int
+    reason: str
+    detail: str
+
+
+def _where(ex: DeadExample) -> tuple[str, int]:
+    return ex.file, ex.line
+
+
+@dataclass
+class Counts:
+    events: int = 0  # usage records read
+    applied: int = 0
+    duplicates: int = 0
+    unmetered: int = 0
+    subscriptions: int = 0  # subscription records read
+    subscriptions_applied: int = 0
+    subscriptions_stale: int = 0
+
+
+def _settle(_what: str, pending: Pending[Any]) -> Any:
+    return pending.result()
+
+
+def _run(_what: str, fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+class Replay:
+    """One catalog over the history: the service's Processor on its own MemoryStore, and what
+    came out of it (triggers as the outbox held them, dead letters, counts)."""
+
+    def __init__(self, catalog: Catalog, options: Options) -> None:
+        self.catalog = catalog
+        self.store = MemoryStore(options.dedup_window_ms)
+        self.rules = RunningRules(catalog, options.default_topic)
+        self.processor = Processor(self.rules, self.store, options.limits, options.limits.max_event_bytes)
+        self.triggers: list[bytes] = []  # outbox entries ("<topic>\n<CloudEvent>"), as recorded
+        self.dead: Counter[str] = Counter()
+        self.examples: list[DeadExample] = []
+        self.counts = Counts()
+
+    def subscriptions(self, records: Sequence[RecordLike]) -> None:
+        out = self.processor.subscriptions(records, _run)
+        self.counts.subscriptions += len(records)
+        self.counts.subscriptions_applied += out.applied
+        self.counts.subscriptions_stale += out.stale
+        self._dead(ACCOUNTS_TOPIC, [(d.record.offset, d.reason, d.detail) for d in out.dead])
+
+    def usage(self, records: Sequence[RecordLike], now_ms: int) -> None:
+        out = self.processor.usage(records, now_ms, _settle, _settle)
+        c = self.counts
+        c.events += len(records)
+        c.applied += out.applied
+        c.duplicates += out.duplicates
+        c.unmetered += out.unmetered
+        self._dead(EVENTS_TOPIC, [(d.record.offset, d.reason, d.detail) for d in out.dead])
+        # What the service publishes, then acknowledges: every account's outbox.
+        acks: list[OutboxAck] = []
+        for account, entries in out.outboxes.items():
+            if entries:
+                self.triggers.extend(entries)
+                acks.append(OutboxAck(account, len(entries), entries[0]))
+        if acks:
+            self.store.ack_outbox(acks)
+
+    def _dead(self, file: str, dead: list[tuple[int, str, str]]) -> None:
+        """Count by reason; keep the first EXAMPLES by (file, line), whatever the batching."""
+        for line, reason, detail in dead:
+            self.dead[reason] += 1
+            ex = DeadExample(file, line, reason, detail)
+            if len(self.examples) < EXAMPLES:
+                bisect.insort(self.examples, ex, key=_where)
+            elif _where(ex) < _where(self.examples[-1]):
+                self.examples.pop()
+                bisect.insort(self.examples, ex, key=_where)
+
+    def trigger_events(self) -> list[dict[str, Any]]:
+        """The trigger CloudEvents, in time order (then by id): the order of the history,
+        whatever the batching."""
+        docs = [orjson.loads(entry.split(b"\n", 1)[1]) for entry in self.triggers]
+        return sorted(docs, key=lambda d: (parse_rfc3339(d["time"]), d["id"]))
+
+
+# -- the replay clock and the batches --------------------------------------------------------
+
+
+class _Prepared(NamedTuple):
+    record: Record
+    account: str | None  # None: the engine cannot decode it (a dead letter whatever the time)
+    time_ms: int | None  # event time
+    arrival_ms: int | None  # record timestamp, else the event time
+
+
+def _prepare(lines: Iterable[Line], topic: str, max_bytes: int) -> Iterator[_Prepared]:
+    for line in lines:
+        record = Record(topic, 0, line.number, line.key, line.value, line.headers)
+        event: Event | None
+        try:
+            event = decode_event(line.value, line.headers, max_bytes)
+        except BadEvent:
+            event = None
+        t = event.time_ms if event is not None else None
+        yield _Prepared(
+            record,
+            event.account if event is not None else None,
+            t,
+            line.arrival_ms if line.arrival_ms is not None else t,
+        )
+
+
+@dataclass
+class Stats:
+    """What the replay saw of the history itself (the same for every catalog)."""
+
+    lines: int = 0
+    subscription_lines: int = 0
+    out_of_order: int = 0  # events older than an event before them in the file
+    first_ms: int | None = None  # the clock's first and last value
+    last_ms: int | None = None
+    batches: int = 0
+    rounds: int = 0
+    periods_dropped: int = 0
+    bytes_read: int = 0
+
+
+@dataclass
+class _Batch:
+    records: list[_Prepared] = field(default_factory=list)
+    now_ms: int = 0
+    key: tuple[str, str, int] | None = None
+    future_floor: int | None = None  # the least event time that is future at its own clock
+
+
+class Backtest:
+    """Drives one or more replays (a catalog, and the one it is compared with) over the same
+    history, record by record in file order, in batches that cannot change a decision."""
+
+    def __init__(
+        self,
+        replays: Sequence[Replay],
+        options: Options,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.replays = replays
+        self.options = options
+        self.progress = progress
+        self.stats = Stats()
+        self._day = -1
+        self._day_key: tuple[str, str] = ("", "")
+        self._period = ""
+
+    def run(self, events: Iterable[Line], accounts: Iterable[Line] = ()) -> Stats:
+        opts, stats = self.options, self.stats
+        future_ms, max_bytes = opts.limits.future_ms, opts.limits.max_event_bytes
+        subs = _Subscriptions(_prepare(self._counted_subs(accounts), ACCOUNTS_TOPIC, max_bytes))
+        clock: int | None = None
+        newest = -1  # the newest event time so far
+        batch = _Batch()
+        for p in _prepare(self._counted(events), EVENTS_TOPIC, max_bytes):
+            if p.arrival_ms is not None and (clock is None or p.arrival_ms > clock):
+                clock = p.arrival_ms
+                if stats.first_ms is None:
+                    stats.first_ms = clock
+            if p.time_ms is not None:
+                if p.time_ms < newest:
+                    stats.out_of_order += 1
+                else:
+                    newest = p.time_ms
+            now = clock if clock is not None else 0
+            if subs.due(now):
+                batch = self._flush(batch)
+                self._subscriptions(subs.until(now))
+            key = self._key(now)
+            if batch.records and (
+                len(batch.records) >= opts.batch_records
+                or key != batch.key
+                or (batch.future_floor is not None and now + future_ms >= batch.future_floor)
+            ):
+                batch = self._flush(batch)
+            batch.records.append(p)
+            batch.now_ms, batch.key = now, key
+            if p.time_ms is not None and p.time_ms > now + future_ms:
+                floor = batch.future_floor
+                batch.future_floor = p.time_ms if floor is None else min(floor, p.time_ms)
+        self._flush(batch)
+        self._subscriptions(subs.until(None))
+        stats.last_ms = clock
+        return stats
+
+    def _counted(self, lines: Iterable[Line]) -> Iterator[Line]:
+        stats, progress = self.stats, self.progress
+        for line in lines:
+            stats.lines += 1
+            stats.bytes_read += line.size
+            if progress is not None and stats.lines % 4096 == 0:
+                progress(stats.bytes_read)
+            yield line
+        if progress is not None:
+            progress(stats.bytes_read)
+
+    def _counted_subs(self, lines: Iterable[Line]) -> Iterator[Line]:
+        for line in lines:
+            self.stats.subscription_lines += 1
+            yield line
+
+    def _key(self, now: int) -> tuple[str, str, int]:
+        """What a batch's records must share: now's billing period and ISO week (both change
+        only at a UTC midnight) and its dedup bucket."""
+        day = now // DAY_MS
+        if day != self._day:
+            self._day, self._day_key = day, (period_of(now), iso_week(now))
+        window = self.options.dedup_window_ms
+        return (*self._day_key, now // window if window > 0 else 0)
+
+    def _flush(self, batch: _Batch) -> _Batch:
+        if not batch.records:
+            return batch
+        self.stats.batches += 1
+        # Rounds: the k-th event of each account in the k-th round (undecodable records, which
+        # only become dead letters, in the first).
+        rounds: list[list[RecordLike]] = [[]]
+        seen: dict[str, int] = {}
+        for p in batch.records:
+            k = 0
+            if p.account is not None:
+                k = seen.get(p.account, 0)
+                seen[p.account] = k + 1
+                if k == len(rounds):
+                    rounds.append([])
+            rounds[k].append(p.record)
+        for records in rounds:
+            if records:
+                self.stats.rounds += 1
+                for replay in self.replays:
+                    replay.usage(records, batch.now_ms)
+        self._forget(batch.now_ms)
+        return _Batch()
+
+    def _forget(self, now: int) -> None:
+        """Drop the periods no event can reach any more (before the late cutoff)."""
+        grace = self.options.limits.late_grace_ms
+        if not grace:
+            return
+        oldest = period_of(period_start_ms(now) - grace)
+        if oldest > self._period:
+            self._period = oldest
+            for replay in self.replays:
+                self.stats.periods_dropped += replay.store.forget_periods_before(oldest)
+
+    def _subscriptions(self, records: list[RecordLike]) -> None:
+        if records:
+            for replay in self.replays:
+                replay.subscriptions(records)
+
+
+class _Subscriptions:
+    """The subscription records in file order, each due at its arrival (or event) time, held
+    to the newest seen so far in that file (records without a time are due at once)."""
+
+    def __init__(self, prepared: Iterator[_Prepared]) -> None:
+        self._it = prepared
+        self._clock: int | None = None
+        self._next: tuple[int | None, RecordLike] | None = None
+        self._pull()
+
+    def _pull(self) -> None:
+        p = next(self._it, None)
+        if p is None:
+            self._next = None
+            return
+        if p.arrival_ms is not None and (self._clock is None or p.arrival_ms > self._clock):
+            self._clock = p.arrival_ms
+        self._next = (self._clock, p.record)
+
+    def due(self, now: int) -> bool:
+        nxt = self._next
+        return nxt is not None and (nxt[0] is None or nxt[0] <= now)
+
+    def until(self, now: int | None) -> list[RecordLike]:
+        """The records due at `now` (None: all that are left)."""
+        out: list[RecordLike] = []
+        while self._next is not None and (now is None or self._next[0] is None or self._next[0] <= now):
+            out.append(self._next[1])
+            self._pull()
+        return out
