@@ -63,12 +63,15 @@ def backtest(
     from metering.core.plan import Limits
     from metering.engine.backtest import Backtest, Options, Replay, read_lines
     from metering.errors import InputError
+    from metering.settings import parse_duration
 
     overrides: dict[str, object] = {}
-    if late_grace is not None:
-        overrides["late_grace"] = late_grace
-    if dedup_window is not None:
-        overrides["dedup_window"] = dedup_window
+    for name, text in (("late_grace", late_grace), ("dedup_window", dedup_window)):
+        if text is not None:
+            try:
+                overrides[name] = parse_duration(text)
+            except ValueError as exc:
+                fail(f"--{name.replace('_', '-')}: {exc}")
     settings = settings_or_fail(**overrides)
     for path in (events, accounts):
         if path is not None and not path.is_file():

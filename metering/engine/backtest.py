@@ -60,15 +60,16 @@ from metering.core.calls import OutboxAck
 from metering.core.events import Event, decode_event
 from metering.core.periods import DAY_MS, iso_week, parse_rfc3339, period_of, period_start_ms
 from metering.core.plan import Limits, Record, RecordLike
-from metering.engine.processor import Processor
+from metering.engine.processor import Processor, UsageOutcome
 from metering.engine.rules import RunningRules
 from metering.errors import BadEvent, InputError
 from metering.store import MemoryStore, Pending
-from rules.models import Catalog
+from metering.triggers.kinds.feature_request import FEATURE_REQUESTED
+from rules.models import Catalog, PowerUser, UsageThreshold
 
 EVENTS_TOPIC = "events"
 ACCOUNTS_TOPIC = "accounts"
-BATCH_RECORDS = 2000  # records per batch (a batch runs as rounds of one event per account)
+BATCH_RECORDS = 5000  # records per batch, as the service polls (METERING_MAX_POLL_RECORDS)
 EXAMPLES = 10  # dead letters kept with their line and detail; the rest are only counted
 
 
@@ -212,6 +213,72 @@ class Counts:
     subscriptions_stale: int = 0
 
 
+#: The kinds whose rules are monotone over a run of events that no other rule of theirs looks
+#: at: a level reached inside the run is still reached at its end. A kind not named here (a
+#: new one) makes every event stand alone: slower, never wrong.
+MONOTONE_KINDS = frozenset({"usage_threshold", "milestone", "spend_threshold", "power_user"})
+#: Kinds whose events always stand alone: `feature_request` (each request is read against
+#: the marks and the tenure of its own moment).
+ALONE_KINDS = frozenset({"feature_request"})
+
+
+@dataclass
+class _Run:
+    """An account's events tried together (one alone is a run of one)."""
+
+    records: list[RecordLike]
+    week: str | None = None  # the ISO week of its events a power_user rule counts
+
+
+class Monotone:
+    """Which events of a catalog may be tried together in a run (`Replay.batch`): those no
+    non-monotone rule looks at.
+
+    - `usage_threshold` is monotone on `count`, `sum`, `max` and `unique_count` meters (they
+      only grow inside a period); an event that moves a `latest` meter it watches stands alone;
+    - `milestone` is monotone (lifetime totals only grow);
+    - `spend_threshold` is monotone for a plan whose bill only grows with usage: no `volume`
+      charge (a larger quantity can cost less as a whole) and no charge on a `latest` meter; on
+      any other plan, an event that moves a charged meter of an account with a cap stands alone;
+    - `power_user` is monotone over events of one ISO week (its window of weeks is set by the
+      week of the newest event, and the counts only grow): a run holds the events of one week
+      of the meters it counts;
+    - a `feature.requested` event stands alone (each request is read against the marks and
+      the tenure of its own moment).
+    An event is judged by its type (the meters it can move, whatever its values)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        kinds = {r.kind for r in catalog.triggers}
+        self.all_alone = bool(kinds - MONOTONE_KINDS - ALONE_KINDS)
+        meters = catalog.meters
+        latest: set[str] = set()
+        power: set[str] = set()
+        for rule in catalog.triggers:
+            if isinstance(rule, UsageThreshold):
+                latest |= {m for m in rule.meters if m in meters and meters[m].aggregation == "latest"}
+            elif isinstance(rule, PowerUser):
+                power.add(rule.meter)
+        # event type -> the meters it can move
+        self.meters_of: dict[str, frozenset[str]] = {}
+        for name, meter in meters.items():
+            for t in meter.event_type:
+                self.meters_of[t] = self.meters_of.get(t, frozenset()) | {name}
+        alone = {t for t, ms in self.meters_of.items() if ms & latest}
+        if "feature_request" in kinds:
+            alone.add(FEATURE_REQUESTED)
+        self.alone_types = frozenset(alone)
+        self.power_types = frozenset(t for t, ms in self.meters_of.items() if ms & power)
+        self.jumpy_plans = frozenset(
+            name
+            for name, plan in catalog.plans.items()
+            if "spend_threshold" in kinds
+            and any(
+                charge.model == "volume" or (m in meters and meters[m].aggregation == "latest")
+                for m, charge in plan.charges.items()
+            )
+        )
+
+
 def _settle(_what: str, pending: Pending[Any]) -> Any:
     return pending.result()
 
@@ -227,12 +294,20 @@ class Replay:
     def __init__(self, catalog: Catalog, options: Options) -> None:
         self.catalog = catalog
         self.store = MemoryStore(options.dedup_window_ms)
+        limits, max_bytes = options.limits, options.limits.max_event_bytes
+        # Events one at a time; and runs of events tried together (see `batch`). Two engines,
+        # each with its own memo of fired scopes, so a run taken back leaves no trace in the
+        # engine that replays it event by event.
         self.rules = RunningRules(catalog, options.default_topic)
-        self.processor = Processor(self.rules, self.store, options.limits, options.limits.max_event_bytes)
+        self.processor = Processor(self.rules, self.store, limits, max_bytes)
+        self.runs = Processor(RunningRules(catalog, options.default_topic), self.store, limits, max_bytes)
+        self.monotone = Monotone(catalog)
         self.triggers: list[bytes] = []  # outbox entries ("<topic>\n<CloudEvent>"), as recorded
         self.dead: Counter[str] = Counter()
         self.examples: list[DeadExample] = []
         self.counts = Counts()
+        self.undone = 0  # runs taken back and replayed event by event
+        self._weeks: dict[int, str] = {}  # UTC day -> ISO week
 
     def subscriptions(self, records: Sequence[RecordLike]) -> None:
         out = self.processor.subscriptions(records, _run)
@@ -242,14 +317,119 @@ class Replay:
         self._dead(ACCOUNTS_TOPIC, [(d.record.offset, d.reason, d.detail) for d in out.dead])
 
     def usage(self, records: Sequence[RecordLike], now_ms: int) -> None:
-        out = self.processor.usage(records, now_ms, _settle, _settle)
+        """Records through the service's step, as one batch of the service."""
+        self._publish(self._count(self.processor.usage(records, now_ms, _settle, _settle), len(records)))
+
+    def batch(self, batch: Sequence[_Prepared], now_ms: int) -> int:
+        """A batch of the replay, decided as if each event were alone (the module's doc says
+        why that holds). Returns the rounds it took.
+
+        Each account's events are cut into runs: an event a non-monotone rule looks at stands
+        alone, and the events between such events form runs (`Monotone` says which rules are
+        monotone over which events). The k-th round holds every account's k-th run, and goes
+        through the engine as one batch of the service. A run of several events is journaled:
+        every rule that looks at its events is monotone over it (what it measures only grows),
+        so if nothing fires at its end, nothing fires at any of its events alone; if something
+        does fire, the run is taken back and replayed event by event, by the other engine
+        (its counts and dead letters, the same either way, are counted once)."""
+        m = self.monotone
+        runs: dict[str, list[_Run]] = {}
+        open_runs: dict[str, _Run] = {}
+        first: list[RecordLike] = []  # records no account can be read from: dead letters
+        plans: dict[str, tuple[str, bool]] = {}
+        for p in batch:
+            account, event = p.account, p.event
+            if account is None or event is None:
+                first.append(p.record)
+                continue
+            mine = runs.get(account)
+            if mine is None:
+                mine = runs[account] = []
+            if self._alone(event, account, plans):
+                mine.append(_Run([p.record]))
+                open_runs.pop(account, None)
+                continue
+            week = self._week(event.time_ms) if event.type in m.power_types else None
+            run = open_runs.get(account)
+            if run is None or (week is not None and run.week is not None and week != run.week):
+                run = open_runs[account] = _Run([])
+                mine.append(run)
+            run.records.append(p.record)
+            if week is not None:
+                run.week = week
+        depth = max((len(r) for r in runs.values()), default=1)
+        for k in range(depth):
+            records: list[RecordLike] = first if k == 0 else []
+            together: dict[str, list[RecordLike]] = {}
+            for account, mine in runs.items():
+                if k < len(mine):
+                    run_records = mine[k].records
+                    records += run_records
+                    if len(run_records) > 1:
+                        together[account] = run_records
+            self._round(records, together, now_ms)
+        return depth
+
+    def _round(self, records: list[RecordLike], together: dict[str, list[RecordLike]], now_ms: int) -> None:
+        if not together:
+            self._publish(self._count(self.runs.usage(records, now_ms, _settle, _settle), len(records)))
+            return
+        self.store.begin(list(together))
+        try:
+            out = self._count(self.runs.usage(records, now_ms, _settle, _settle), len(records))
+            fired = [a for a in together if out.outboxes.get(a)]
+            for account in fired:
+                self.store.undo(account)
+                del out.outboxes[account]
+        finally:
+            self.store.end()
+        self._publish(out)
+        for account in fired:
+            self.undone += 1
+            for record in together[account]:
+                self._publish(self.processor.usage([record], now_ms, _settle, _settle))
+
+    def _week(self, ms: int) -> str:
+        day = ms // DAY_MS
+        week = self._weeks.get(day)
+        if week is None:
+            if len(self._weeks) > 4096:
+                self._weeks.clear()
+            week = self._weeks[day] = iso_week(ms)
+        return week
+
+    def _alone(self, event: Event, account: str, plans: dict[str, tuple[str, bool]]) -> bool:
+        """Whether a non-monotone rule may look at the event (by its type: the meters it can
+        move, whatever its values)."""
+        m = self.monotone
+        if m.all_alone or event.type in m.alone_types:
+            return True
+        if not m.jumpy_plans:
+            return False
+        meters = m.meters_of.get(event.type)
+        if not meters:
+            return False
+        plan = plans.get(account)
+        if plan is None:
+            sub = self.rules.subscription(self.store.subscription_state(account))
+            plan = plans[account] = (sub.plan, sub.spend_cap is not None)
+        return (
+            plan[1]
+            and plan[0] in m.jumpy_plans
+            and not meters.isdisjoint(self.catalog.plans[plan[0]].charges)
+        )
+
+    def _count(self, out: UsageOutcome, n: int) -> UsageOutcome:
         c = self.counts
-        c.events += len(records)
+        c.events += n
         c.applied += out.applied
         c.duplicates += out.duplicates
         c.unmetered += out.unmetered
         self._dead(EVENTS_TOPIC, [(d.record.offset, d.reason, d.detail) for d in out.dead])
-        # What the service publishes, then acknowledges: every account's outbox.
+        return out
+
+    def _publish(self, out: UsageOutcome) -> None:
+        """What the service publishes, then acknowledges: every account's outbox."""
         acks: list[OutboxAck] = []
         for account, entries in out.outboxes.items():
             if entries:
@@ -281,7 +461,8 @@ class Replay:
 
 class _Prepared(NamedTuple):
     record: Record
-    account: str | None  # None: the engine cannot decode it (a dead letter whatever the time)
+    event: Event | None  # None: the engine cannot decode it (a dead letter whatever the time)
+    account: str | None
     time_ms: int | None  # event time
     arrival_ms: int | None  # record timestamp, else the event time
 
@@ -297,6 +478,7 @@ def _prepare(lines: Iterable[Line], topic: str, max_bytes: int) -> Iterator[_Pre
         t = event.time_ms if event is not None else None
         yield _Prepared(
             record,
+            event,
             event.account if event is not None else None,
             t,
             line.arrival_ms if line.arrival_ms is not None else t,
@@ -411,23 +593,8 @@ class Backtest:
         if not batch.records:
             return batch
         self.stats.batches += 1
-        # Rounds: the k-th event of each account in the k-th round (undecodable records, which
-        # only become dead letters, in the first).
-        rounds: list[list[RecordLike]] = [[]]
-        seen: dict[str, int] = {}
-        for p in batch.records:
-            k = 0
-            if p.account is not None:
-                k = seen.get(p.account, 0)
-                seen[p.account] = k + 1
-                if k == len(rounds):
-                    rounds.append([])
-            rounds[k].append(p.record)
-        for records in rounds:
-            if records:
-                self.stats.rounds += 1
-                for replay in self.replays:
-                    replay.usage(records, batch.now_ms)
+        for replay in self.replays:
+            self.stats.rounds += replay.batch(batch.records, batch.now_ms)
         self._forget(batch.now_ms)
         return _Batch()
 

@@ -81,6 +81,11 @@ class _Hash:
     def __bool__(self) -> bool:
         return bool(self.flat)
 
+    def copy(self) -> _Hash:
+        h = _Hash()
+        h.flat, h.index = list(self.flat), dict(self.index)
+        return h
+
     def get(self, field_: str) -> str | None:
         i = self.index.get(field_)
         return None if i is None else self.flat[i]
@@ -126,6 +131,23 @@ class _Account:
     dedup: dict[int, _Bucket] = field(default_factory=dict)  # d:<bucket>
 
 
+@dataclass(eq=False)
+class _Undo:
+    """What a journaled account looked like before the calls since `begin` (see `undo`): the
+    small parts copied at their first change, the large sets as the members added to them."""
+
+    existed: bool
+    small: tuple[dict[str, int], dict[str, _Hash], _Hash, dict[str, dict[str, int]]] | None = None
+    marks: tuple[dict[str, str], int] | None = None  # fired marks, outbox length
+    members: list[tuple[tuple[str, str], str]] = field(default_factory=list)  # unique members added
+    new_sets: list[tuple[str, str]] = field(default_factory=list)
+    # dedup buckets: made or replaced (bucket -> what was there, None: nothing), or added to
+    # (bucket -> expiry before, and the digests added)
+    replaced: dict[int, _Bucket | None] = field(default_factory=dict)
+    expiry: dict[int, int] = field(default_factory=dict)
+    digests: list[tuple[int, str]] = field(default_factory=list)
+
+
 def _flat_weeks(weeks: dict[str, int]) -> list[Text]:
     out: list[Text] = []
     for w, n in weeks.items():
@@ -139,6 +161,7 @@ class MemoryStore(Store):
         self.accounts: dict[str, _Account] = {}
         self.catalog: StoredCatalog | None = None
         self._swept_bucket = -1
+        self._journal: dict[str, _Undo] | None = None
 
     # -- the interface ---------------------------------------------------------------------
 
@@ -195,6 +218,11 @@ class MemoryStore(Store):
 
     # -- beyond the interface --------------------------------------------------------------
 
+    def subscription_state(self, account: str) -> tuple[str, ...]:
+        """The account's stored subscription, flat, as an apply reads it back."""
+        acct = self.accounts.get(account)
+        return acct.sub_flat if acct is not None else ()
+
     def forget_periods_before(self, period: str) -> int:
         """Drop every billing period older than `period` ("2026-11"; the same string order as
         Redis keys): their hashes and unique sets. Only for callers that can no longer apply
@@ -209,6 +237,62 @@ class MemoryStore(Store):
                 for key in [k for k in acct.uniques if k[1] < period]:
                     del acct.uniques[key]
         return dropped
+
+    def begin(self, accounts: Sequence[str]) -> None:
+        """Journal what the calls from now on change in these accounts' state, so that `undo`
+        can put an account back as it is now (the backtest tries a run of events together and
+        takes it back when it must replay them one by one). Until `end`."""
+        self._journal = {a: _Undo(a in self.accounts) for a in accounts}
+
+    def undo(self, account: str) -> None:
+        """Put a journaled account back as it was at `begin`."""
+        assert self._journal is not None
+        u = self._journal.pop(account)
+        if not u.existed:
+            self.accounts.pop(account, None)
+            return
+        acct = self.accounts[account]
+        if u.small is not None:
+            acct.wm, acct.periods, acct.life, acct.weeks = u.small
+        if u.marks is not None:
+            acct.fired = u.marks[0]
+            del acct.outbox[u.marks[1] :]
+        for key, member in u.members:
+            acct.uniques[key].discard(member)
+        for key in u.new_sets:
+            if not acct.uniques.get(key, True):
+                del acct.uniques[key]
+        for b, digest in u.digests:  # (a bucket the clock expired since is gone: as good)
+            if b in acct.dedup:
+                acct.dedup[b].digests.discard(digest)
+        for b, expires in u.expiry.items():
+            if b in acct.dedup:
+                acct.dedup[b].expires_ms = expires
+        for b, before in u.replaced.items():
+            if before is None:
+                acct.dedup.pop(b, None)
+            else:
+                acct.dedup[b] = before
+
+    def end(self) -> None:
+        """Stop journaling (what was done stays)."""
+        self._journal = None
+
+    def _undo_of(self, account: str, acct: _Account) -> _Undo | None:
+        """The account's journal, its small parts copied if this is their first change."""
+        u = self._journal.get(account) if self._journal is not None else None
+        if u is not None and u.small is None:
+            u.small = (
+                acct.wm,
+                acct.periods,
+                acct.life,
+                acct.weeks,
+            )
+            acct.wm = dict(acct.wm)
+            acct.periods = {p: h.copy() for p, h in acct.periods.items()}
+            acct.life = acct.life.copy()
+            acct.weeks = {m: dict(w) for m, w in acct.weeks.items()}
+        return u
 
     def _expire(self, now_ms: int) -> None:
         """Redis's expiry of dedup buckets, by the calls' clock (run once per new bucket)."""
@@ -240,6 +324,7 @@ class MemoryStore(Store):
             if not events:  # a read of an account never written: nothing to create
                 return _empty_result(call)
             acct = self._account(call.account)
+        undo = self._undo_of(call.account, acct) if events and self._journal is not None else None
 
         # 1. Offsets, then (source, id) digests (apply.lua "-- 1.").
         watermark = acct.wm.get(call.wm_field, -1)
@@ -269,6 +354,12 @@ class MemoryStore(Store):
                     flags[i] = APPLIED
                     record.append(d)
             if record:  # HSET the digests, EXPIRE the bucket
+                if undo is not None and bucket not in undo.replaced:
+                    if cur is None or cur.expires_ms < now_ms:
+                        undo.replaced[bucket] = cur  # created, or an expired one replaced
+                    else:
+                        undo.expiry.setdefault(bucket, cur.expires_ms)
+                        undo.digests += [(bucket, d) for d in record]
                 if cur is None or cur.expires_ms < now_ms:
                     cur = acct.dedup[bucket] = _Bucket(set(), 0)
                 cur.digests.update(record)
@@ -312,6 +403,10 @@ class MemoryStore(Store):
                         members = acct.uniques.get(key)
                         if members is None:
                             members = acct.uniques[key] = set()
+                            if undo is not None:
+                                undo.new_sets.append(key)
+                        if undo is not None and arg not in members:
+                            undo.members.append((key, arg))
                         members.add(arg)
                     elif op == _MAX:
                         vfield = meter + ":v"
@@ -369,6 +464,9 @@ class MemoryStore(Store):
 
     def _fire(self, call: FireCall) -> FireResult:
         acct = self._account(call.account)
+        u = self._journal.get(call.account) if self._journal is not None else None
+        if u is not None and u.marks is None:
+            u.marks = (dict(acct.fired), len(acct.outbox))
         out: list[str] = []
         for c in call.candidates:
             # compare-and-set the mark; the outbox entry in the same step
