@@ -26,17 +26,23 @@ clock ahead): a bare line that is, moves the clock ahead with it. Subscription r
 effect at their arrival (or event) time, merged with the events; on a tie, first.
 
 **Order and batching.** Records are processed in file order: the arrival order, which is the
-order the service consumes an account's records in (one account, one partition). The result is
-that of the service consuming ONE record per batch (each event evaluated against the state
-right after it, marks and cooldowns as they stand), for any batch size used here, because:
+order the service consumes an account's records in (one account, one partition). Every
+decision is the one the service makes when it consumes ONE record per batch: each event is
+evaluated against the state right after it, with the marks and cooldowns as they stand then.
+(The service itself evaluates each account's events of a poll together; where that changes a
+decision — a `latest` value that rises past a level and falls back inside one poll — its
+answer depends on how its polls fell; the backtest's does not.) Batches keep it so:
 - a batch holds records whose clocks share the billing period, the dedup bucket and the ISO
   week, so one "now" (the batch's newest clock) gives each the late cut, the dedup buckets, the
   weekly trim and the read-back periods of its own clock; and a record `future` at its own
   clock stays future at the batch's: the batch is cut before the clock reaches it;
-- a batch runs as rounds, each holding at most ONE event per account (the k-th round the k-th
-  event of each account, in file order), and accounts share no state: every event is applied,
-  evaluated and recorded alone, after its account's earlier events and before its later ones.
-The tests check it: any batch size gives the same report as batches of one.
+- inside a batch, each account's events are cut into runs (`Replay.batch`): an event that a
+  non-monotone rule looks at stands alone; the events between form runs; the k-th round holds
+  every account's k-th run (accounts share no state). A run is applied and evaluated as one,
+  journaled: every rule that looks at its events is monotone over it, so if nothing fires at
+  its end, nothing would have fired at any of its events; if something fires, the run is taken
+  back and replayed event by event.
+The tests check it: any batch size gives what each record alone gives.
 
 **Memory** grows with accounts (their aggregates, marks and subscription) and the ids inside
 the dedup window, not with events: files are read line by line, batches are bounded, dedup

@@ -154,19 +154,23 @@ def write(tmp: Path, name: str, lines: list[bytes]) -> Path:
     return path
 
 
-def backtest(cat: Catalog, events: Path, accounts: Path | None, batch: int) -> Replay:
-    opts = Options(OPTIONS.limits, OPTIONS.dedup_window_ms, batch_records=batch)
+def backtest(
+    cat: Catalog, events: Path, accounts: Path | None, batch: int, grace: int | None = None
+) -> Replay:
+    limits = OPTIONS.limits if grace is None else Limits(65536, grace, 5 * 60_000)
+    opts = Options(limits, OPTIONS.dedup_window_ms, batch_records=batch)
     replay = Replay(cat, opts)
     Backtest([replay], opts).run(read_lines(events), read_lines(accounts) if accounts else ())
     return replay
 
 
-def reference(cat: Catalog, events: Path, accounts: Path | None) -> Replay:
+def reference(cat: Catalog, events: Path, accounts: Path | None, grace: int | None = None) -> Replay:
     """The definition, one record at a time: the clock is the newest arrival time so far (a
     record timestamp, else the event time of a record that decodes); a subscription record is
     applied before the first event whose clock reaches its own time."""
-    replay = Replay(cat, OPTIONS)
-    max_bytes = OPTIONS.limits.max_event_bytes
+    limits = OPTIONS.limits if grace is None else Limits(65536, grace, 5 * 60_000)
+    replay = Replay(cat, Options(limits, OPTIONS.dedup_window_ms))
+    max_bytes = limits.max_event_bytes
 
     def arrival(line: Any) -> int | None:
         if line.arrival_ms is not None:
@@ -224,7 +228,10 @@ def test_any_batch_size_decides_as_each_record_alone(tmp_path: Path, seed: int) 
     assert want["counts"][2] > 0  # duplicates
     assert len({t["type"] for t in want["triggers"]}) >= 4
     for batch in (1, 7, 2000):
-        assert outcome(backtest(cat, events, accounts, batch)) == want, batch
+        replay = backtest(cat, events, accounts, batch)
+        assert outcome(replay) == want, batch
+        if batch == 2000:  # runs were tried together, and some taken back
+            assert replay.undone > 0
 
 
 def test_batching_each_account_together_would_decide_otherwise(tmp_path: Path) -> None:
@@ -410,3 +417,62 @@ def test_dead_letter_examples_are_the_first_lines_whatever_the_batching(tmp_path
     one, many = (backtest(catalog(), write(tmp_path, "e.jsonl", lines), None, b) for b in (1, 2000))
     assert [e.line for e in one.examples] == [e.line for e in many.examples] == list(range(1, 11))
     assert Counter(one.dead) == Counter(many.dead) == {"invalid_json": 30}
+
+
+# -- where runs must be cut: each case decides otherwise if its events were tried together --
+
+
+def test_a_power_user_run_never_spans_two_weeks(tmp_path: Path) -> None:
+    """Report runs (3 a week, 4 weeks): W-4..W-2 full, W-5 with 2 and W-1 with 1 so far. Then,
+    in one batch (now in W): one run in W, a late one of W-5 and a late one of W-1. Alone, the
+    last sees W-1 as its current week, not yet full, so its window is W-2..W-5, full by then:
+    it fires. Judged by the newest event's week (W), the window is W-1..W-4: not full."""
+    monday = parse_rfc3339("2026-10-26T00:00:00Z")  # W = 2026-W44
+    week = 7 * DAY_MS
+    times = [monday - 5 * week + i * HOUR for i in range(2)]
+    times += [monday - back * week + i * HOUR for back in (4, 3, 2) for i in range(3)]
+    times += [monday - week + HOUR]
+    times += [monday + HOUR, monday - 5 * week + 5 * HOUR, monday - week + 2 * HOUR]  # the batch
+    docs = [event(n, "feature.used", "p", t, {"feature": "reports"}) for n, t in enumerate(times)]
+    events = write(tmp_path, "e.jsonl", [orjson.dumps(d) for d in docs])
+    cat = catalog()
+    grace = 40 * DAY_MS  # W-5 is in the month before
+    want = outcome(reference(cat, events, None, grace))
+    assert [(t["type"], t["time"]) for t in want["triggers"]] == [
+        ("expansion.power_user", format_rfc3339(times[-1]))
+    ]
+    assert outcome(backtest(cat, events, None, 2000, grace)) == want
+
+
+JUMPY = """
+currency: USD
+default_plan: metered
+meters:
+  api_calls: {event_type: api.request, aggregation: count}
+plans:
+  metered:
+    price: "0"
+    charges:
+      api_calls:
+        model: volume
+        tiers: [{up_to: 10, unit_price: "1"}, {up_to: null, unit_price: "0.1"}]
+triggers:
+  - {id: spend, kind: spend_threshold, at: [100]}
+"""
+
+
+def test_a_bill_that_falls_with_volume_pricing_stands_alone(tmp_path: Path) -> None:
+    """Volume pricing: 10 calls cost 10.00, 11 cost 1.10. Against a cap of 10.00, the 10th call
+    fires; the bill at the end of the run does not."""
+    cat = parse_catalog_text(JUMPY, "jumpy")
+    sub = event(
+        99, "subscription.updated", "j", T0 - DAY_MS, {"plan": "metered", "spend_cap": "10.00"}, "billing"
+    )
+    docs = [event(i, "api.request", "j", T0 + i * 1000, {}) for i in range(12)]
+    events = write(tmp_path, "e.jsonl", [orjson.dumps(d) for d in docs])
+    accounts = write(tmp_path, "a.jsonl", [orjson.dumps(sub)])
+    want = outcome(reference(cat, events, accounts))
+    assert [(t["data"]["spend"], t["time"]) for t in want["triggers"]] == [
+        ("10.00", format_rfc3339(T0 + 9000))
+    ]
+    assert outcome(backtest(cat, events, accounts, 2000)) == want
