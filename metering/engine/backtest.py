@@ -363,18 +363,19 @@ class Replay:
             run.records.append(p.record)
             if week is not None:
                 run.week = week
-        depth = max((len(r) for r in runs.values()), default=1)
-        for k in range(depth):
-            records: list[RecordLike] = first if k == 0 else []
-            together: dict[str, list[RecordLike]] = {}
-            for account, mine in runs.items():
-                if k < len(mine):
-                    run_records = mine[k].records
-                    records += run_records
-                    if len(run_records) > 1:
-                        together[account] = run_records
-            self._round(records, together, now_ms)
-        return depth
+        rounds: list[tuple[list[RecordLike], dict[str, list[RecordLike]]]] = [(first, {})]
+        for account, mine in runs.items():
+            for k, run in enumerate(mine):
+                if k == len(rounds):
+                    rounds.append(([], {}))
+                records, together = rounds[k]
+                records += run.records
+                if len(run.records) > 1:
+                    together[account] = run.records
+        for records, together in rounds:
+            if records:
+                self._round(records, together, now_ms)
+        return len(rounds)
 
     def _round(self, records: list[RecordLike], together: dict[str, list[RecordLike]], now_ms: int) -> None:
         if not together:
