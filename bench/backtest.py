@@ -23,7 +23,7 @@ import orjson
 
 from metering.core.periods import delta_ms
 from metering.core.plan import Limits
-from metering.engine.backtest import Backtest, Options, Replay, read_lines
+from metering.engine.backtest import Backtest, Options, read_lines
 from metering.settings import Settings
 from rules.loader import load_catalog
 
@@ -43,7 +43,7 @@ def generate_file(path: Path, events: int, accounts: int, by_time: bool) -> None
     print(f"wrote {len(values):,} events ({work.duplicates:,} duplicates, {work.accounts:,} accounts) {path}")
 
 
-def run_file(path: Path, rules: Path, batch: int) -> None:
+def run_file(path: Path, rules: Path, batch: int, jobs: int) -> None:
     s = Settings()
     options = Options(
         Limits(s.max_event_bytes, delta_ms(s.late_grace), delta_ms(s.future_tolerance)),
@@ -51,20 +51,28 @@ def run_file(path: Path, rules: Path, batch: int) -> None:
         s.topic_triggers,
         batch,
     )
-    replay = Replay(load_catalog(rules), options)
-    run = Backtest([replay], options)
-    t0, c0 = time.perf_counter(), time.process_time()
-    stats = run.run(read_lines(path))
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    c = replay.counts
+    run = Backtest([load_catalog(rules)], options, jobs)
+    t0 = time.perf_counter()
+    start = _cpu()
+    out = run.run(read_lines(path))[0]
+    wall, cpu = time.perf_counter() - t0, _cpu() - start
+    stats, c = run.stats, out.counts
+    mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(
-        f"backtest: {stats.lines:,} events in {wall:.1f} s: {stats.lines / wall:,.0f} ev/s wall, "
-        f"{stats.lines / cpu:,.0f} ev/s of CPU ({cpu / wall:.2f} core); {c.applied:,} counted, "
-        f"{c.duplicates:,} duplicates, {sum(replay.dead.values()):,} dead letters; "
-        f"{len(replay.triggers):,} triggers; {stats.batches:,} batches, {stats.rounds:,} rounds; "
-        f"peak RSS {rss:,.0f} MiB"
+        f"backtest ({jobs} worker{'s' if jobs > 1 else ''}): {stats.lines:,} events in {wall:.1f} s: "
+        f"{stats.lines / wall:,.0f} ev/s wall; {cpu / stats.lines * 1e6:,.0f} us of CPU per event "
+        f"({cpu / wall:.2f} cores); {c.applied:,} counted, {c.duplicates:,} duplicates, "
+        f"{sum(out.dead.values()):,} dead letters; {len(out.triggers):,} triggers; "
+        f"{stats.batches:,} batches, {out.rounds:,} rounds, {out.undone:,} runs replayed one by one; "
+        f"peak RSS {mine:,.0f} MiB" + (f" (largest worker {workers:,.0f} MiB)" if jobs > 1 else "")
     )
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (the workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,11 +87,12 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("file", type=Path)
     r.add_argument("--rules", type=Path, default=EXAMPLE)
     r.add_argument("--batch", type=int, default=5000, help="records per batch")
+    r.add_argument("--jobs", type=int, default=1, help="worker processes")
     args = p.parse_args(argv)
     if args.cmd == "generate":
         generate_file(args.file, args.events, args.accounts, args.sorted)
     else:
-        run_file(args.file, args.rules, args.batch)
+        run_file(args.file, args.rules, args.batch, args.jobs)
 
 
 if __name__ == "__main__":

@@ -19,22 +19,23 @@ from metering.cli.common import catalog_or_fail, settings_or_fail
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from metering.engine.backtest import Replay, Stats
+    from metering.engine.backtest import Outcome, Stats
     from rules.models import Catalog
 
-HELP = """Replay past events through the rules: every trigger that would have fired, per rule how
-many, for how many accounts, and the monthly revenue at stake. No Kafka, no Redis.
-
-EVENTS (and --accounts) are JSON Lines: one CloudEvent per line, or a Kafka record export
-({"timestamp": ms, "key": ..., "value": {...}} per line, or kcat -J's ts/payload). Records are
-processed in file order (the order they arrived in), deciding exactly as the service does,
-with "now" = the replay clock: the newest arrival time so far, where a record arrives at its
-record timestamp when the file has one, else at its own event time. So a file sorted by time
-is replayed with now = each event's time; an event older than an earlier line's time is late
-if it is before that time's billing period minus the grace (METERING_LATE_GRACE, --late-grace);
-an event more than 5 minutes ahead of its record timestamp is future (only an export can show
-that). Subscription records take effect at their time, merged with the events. Bad records are
-dead letters, counted by reason as the service would."""
+HELP = (
+    "Replay past events through the rules: every trigger that would have fired, per rule how many, "
+    "for how many accounts, and the monthly revenue at stake. No Kafka, no Redis.\n\n"
+    "EVENTS (and --accounts) are JSON Lines: one CloudEvent per line, or a Kafka record export "
+    '({"timestamp": ms, "key": ..., "value": {...}} per line, or kcat -J\'s ts/payload).\n\n'
+    "Records are processed in file order (the order they arrived in) and decided exactly as the "
+    'service decides each one, with "now" = the replay clock: the newest arrival time so far, '
+    "where a record arrives at its record timestamp when the file has one, else at its own event "
+    "time. So a file sorted by time is replayed with now = each event's time; an event older than "
+    "an earlier line's time is late if it is before that time's billing period minus the grace "
+    "(--late-grace, METERING_LATE_GRACE); an event more than 5 minutes ahead of its record "
+    "timestamp is future (only an export can show that). Subscription records take effect at "
+    "their time, merged with the events. Bad records are dead letters, counted by reason."
+)
 
 
 @app.command(help=HELP)
@@ -56,12 +57,16 @@ def backtest(
     dedup_window: Annotated[
         str | None, typer.Option(help="Dedup window, e.g. 24h; 0 = off (default METERING_DEDUP_WINDOW)")
     ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(help="Worker processes sharing the accounts (default: one per CPU, at most 8)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (SPEC 7.2)")] = False,
     brief: Annotated[bool, typer.Option("--summary", help="Tables only, not one line per trigger")] = False,
 ) -> None:
     from metering.core.periods import delta_ms
     from metering.core.plan import Limits
-    from metering.engine.backtest import Backtest, Options, Replay, read_lines
+    from metering.engine.backtest import Backtest, Options, read_lines
     from metering.errors import InputError
     from metering.settings import parse_duration
 
@@ -83,7 +88,13 @@ def backtest(
         delta_ms(settings.dedup_window),
         settings.topic_triggers,
     )
-    replays = [Replay(catalog, options)] + ([Replay(other, options)] if other is not None else [])
+    catalogs = [catalog] + ([other] if other is not None else [])
+    if jobs is None:
+        import os
+
+        jobs = min(8, os.cpu_count() or 1)
+    elif jobs < 1:
+        fail(f"--jobs must be at least 1, got {jobs}")
 
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
@@ -103,14 +114,15 @@ def backtest(
             disable=not show,
         ) as bar:
             task = bar.add_task("backtest", total=size)
-            run = Backtest(replays, options, progress=lambda done: bar.update(task, completed=done))
-            stats = run.run(read_lines(events), read_lines(accounts) if accounts is not None else ())
+            run = Backtest(catalogs, options, jobs, progress=lambda done: bar.update(task, completed=done))
+            outcomes = run.run(read_lines(events), read_lines(accounts) if accounts is not None else ())
     except InputError as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot read {exc.filename or events}: {exc.strerror or exc}")
 
-    reports = [_report(r, stats) for r in replays]
+    stats = run.stats
+    reports = [_report(c, o, stats) for c, o in zip(catalogs, outcomes, strict=True)]
     if as_json:
         import orjson
 
@@ -131,18 +143,18 @@ def backtest(
         _print_compare(console, catalog, reports[0], reports[1], brief)
     else:
         _print_report(console, catalog, reports[0], brief)
-    _print_input(console, replays, reports, stats)
+    _print_input(console, outcomes, reports, stats)
 
 
-def _report(replay: Replay, stats: Stats) -> dict[str, Any]:
+def _report(catalog: Catalog, outcome: Outcome, stats: Stats) -> dict[str, Any]:
     """SPEC 7.2's JSON, and after its keys what else the replay saw: dead letters by reason,
     counts, the rules version."""
     from metering.core.periods import format_rfc3339
     from metering.reports.backtest import summary
 
-    c = replay.counts
-    out = summary(replay.catalog, replay.trigger_events())
-    out["dead_letters"] = dict(sorted(replay.dead.items()))
+    c = outcome.counts
+    out = summary(catalog, outcome.trigger_events())
+    out["dead_letters"] = dict(sorted(outcome.dead.items()))
     out["counts"] = {
         "events": c.events,
         "applied": c.applied,
@@ -156,7 +168,7 @@ def _report(replay: Replay, stats: Stats) -> dict[str, Any]:
         "from": format_rfc3339(stats.first_ms) if stats.first_ms is not None else None,
         "to": format_rfc3339(stats.last_ms) if stats.last_ms is not None else None,
     }
-    out["rules_version"] = replay.catalog.version
+    out["rules_version"] = catalog.version
     return out
 
 
@@ -229,7 +241,7 @@ def _print_compare(
 
 
 def _print_input(
-    console: Console, replays: Sequence[Replay], reports: Sequence[Mapping[str, Any]], stats: Stats
+    console: Console, outcomes: Sequence[Outcome], reports: Sequence[Mapping[str, Any]], stats: Stats
 ) -> None:
     c = reports[0]["counts"]
     span = f" from {c['from']} to {c['to']}" if c["from"] else ""
@@ -244,11 +256,11 @@ def _print_input(
             f"{c['subscriptions_stale']:,} older than the state they met",
             highlight=False,
         )
-    for label, replay in zip(("", "compared: ") if len(replays) > 1 else ("",), replays, strict=False):
-        if replay.dead:
-            reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(replay.dead.items()))
+    for label, outcome in zip(("", "compared: ") if len(outcomes) > 1 else ("",), outcomes, strict=False):
+        if outcome.dead:
+            reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(outcome.dead.items()))
             console.print(f"{label}dead letters by reason: {reasons}", highlight=False)
-            for ex in replay.examples:
+            for ex in outcome.examples:
                 console.print(
                     f"  {ex.file} line {ex.line}: {ex.reason}: {ex.detail}",
                     highlight=False,

@@ -54,16 +54,21 @@ report.
 from __future__ import annotations
 
 import bisect
+import multiprocessing
+import traceback
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
 from metering.core.calls import OutboxAck
-from metering.core.events import Event, decode_event
+from metering.core.events import decode_event
 from metering.core.periods import DAY_MS, iso_week, parse_rfc3339, period_of, period_start_ms
 from metering.core.plan import Limits, Record, RecordLike
 from metering.engine.processor import Processor, UsageOutcome
@@ -293,42 +298,79 @@ def _run(_what: str, fn: Callable[[], Any]) -> Any:
     return fn()
 
 
+@dataclass
+class Outcome:
+    """What one catalog's replay found (summed over the workers that replayed its accounts)."""
+
+    triggers: list[bytes] = field(default_factory=list)  # outbox entries, "<topic>\n<CloudEvent>"
+    dead: Counter[str] = field(default_factory=Counter)
+    examples: list[DeadExample] = field(default_factory=list)
+    counts: Counts = field(default_factory=Counts)
+    undone: int = 0  # runs taken back and replayed event by event
+    rounds: int = 0
+
+    def add_dead(self, file: str, dead: Iterable[tuple[int, str, str]]) -> None:
+        """Count by reason; keep the first EXAMPLES by (file, line), whatever the batching."""
+        for line, reason, detail in dead:
+            self.dead[reason] += 1
+            self._example(DeadExample(file, line, reason, detail))
+
+    def _example(self, ex: DeadExample) -> None:
+        if len(self.examples) < EXAMPLES:
+            bisect.insort(self.examples, ex, key=_where)
+        elif _where(ex) < _where(self.examples[-1]):
+            self.examples.pop()
+            bisect.insort(self.examples, ex, key=_where)
+
+    def merge(self, other: Outcome) -> None:
+        self.triggers += other.triggers
+        self.dead.update(other.dead)
+        for ex in other.examples:
+            self._example(ex)
+        c, o = self.counts, other.counts
+        for name in Counts.__dataclass_fields__:
+            setattr(c, name, getattr(c, name) + getattr(o, name))
+        self.undone += other.undone
+        self.rounds += other.rounds
+
+    def trigger_events(self) -> list[dict[str, Any]]:
+        """The trigger CloudEvents, in time order (then by id): the order of the history,
+        whatever the batching."""
+        docs = [orjson.loads(entry.split(b"\n", 1)[1]) for entry in self.triggers]
+        return sorted(docs, key=lambda d: (parse_rfc3339(d["time"]), d["id"]))
+
+
 class Replay:
-    """One catalog over the history: the service's Processor on its own MemoryStore, and what
-    came out of it (triggers as the outbox held them, dead letters, counts)."""
+    """One catalog over the history (or over the accounts of one worker): the service's
+    Processor on its own MemoryStore, and what came out of it."""
 
     def __init__(self, catalog: Catalog, options: Options) -> None:
         self.catalog = catalog
+        self.options = options
         self.store = MemoryStore(options.dedup_window_ms)
-        limits, max_bytes = options.limits, options.limits.max_event_bytes
-        # Events one at a time; and runs of events tried together (see `batch`). Two engines,
-        # each with its own memo of fired scopes, so a run taken back leaves no trace in the
-        # engine that replays it event by event.
         self.rules = RunningRules(catalog, options.default_topic)
-        self.processor = Processor(self.rules, self.store, limits, max_bytes)
-        self.runs = Processor(RunningRules(catalog, options.default_topic), self.store, limits, max_bytes)
+        limits = options.limits
+        self.processor = Processor(self.rules, self.store, limits, limits.max_event_bytes)
         self.monotone = Monotone(catalog)
-        self.triggers: list[bytes] = []  # outbox entries ("<topic>\n<CloudEvent>"), as recorded
-        self.dead: Counter[str] = Counter()
-        self.examples: list[DeadExample] = []
-        self.counts = Counts()
-        self.undone = 0  # runs taken back and replayed event by event
+        self.out = Outcome()
         self._weeks: dict[int, str] = {}  # UTC day -> ISO week
+        self._period = ""  # periods before it are forgotten
 
     def subscriptions(self, records: Sequence[RecordLike]) -> None:
-        out = self.processor.subscriptions(records, _run)
-        self.counts.subscriptions += len(records)
-        self.counts.subscriptions_applied += out.applied
-        self.counts.subscriptions_stale += out.stale
-        self._dead(ACCOUNTS_TOPIC, [(d.record.offset, d.reason, d.detail) for d in out.dead])
+        got = self.processor.subscriptions(records, _run)
+        c = self.out.counts
+        c.subscriptions += len(records)
+        c.subscriptions_applied += got.applied
+        c.subscriptions_stale += got.stale
+        self.out.add_dead(ACCOUNTS_TOPIC, [(d.record.offset, d.reason, d.detail) for d in got.dead])
 
     def usage(self, records: Sequence[RecordLike], now_ms: int) -> None:
         """Records through the service's step, as one batch of the service."""
         self._publish(self._count(self.processor.usage(records, now_ms, _settle, _settle), len(records)))
 
-    def batch(self, batch: Sequence[_Prepared], now_ms: int) -> int:
+    def batch(self, batch: Sequence[_Prepared], now_ms: int) -> None:
         """A batch of the replay, decided as if each event were alone (the module's doc says
-        why that holds). Returns the rounds it took.
+        why that holds).
 
         Each account's events are cut into runs: an event a non-monotone rule looks at stands
         alone, and the events between such events form runs (`Monotone` says which rules are
@@ -336,26 +378,26 @@ class Replay:
         through the engine as one batch of the service. A run of several events is journaled:
         every rule that looks at its events is monotone over it (what it measures only grows),
         so if nothing fires at its end, nothing fires at any of its events alone; if something
-        does fire, the run is taken back and replayed event by event, by the other engine
-        (its counts and dead letters, the same either way, are counted once)."""
+        does fire, the run is taken back and replayed event by event (its counts and dead
+        letters, the same either way, are counted once)."""
         m = self.monotone
         runs: dict[str, list[_Run]] = {}
         open_runs: dict[str, _Run] = {}
         first: list[RecordLike] = []  # records no account can be read from: dead letters
         plans: dict[str, tuple[str, bool]] = {}
         for p in batch:
-            account, event = p.account, p.event
-            if account is None or event is None:
+            account, etype = p.account, p.etype
+            if account is None or etype is None or p.time_ms is None:
                 first.append(p.record)
                 continue
             mine = runs.get(account)
             if mine is None:
                 mine = runs[account] = []
-            if self._alone(event, account, plans):
+            if self._alone(etype, account, plans):
                 mine.append(_Run([p.record]))
                 open_runs.pop(account, None)
                 continue
-            week = self._week(event.time_ms) if event.type in m.power_types else None
+            week = self._week(p.time_ms) if etype in m.power_types else None
             run = open_runs.get(account)
             if run is None or (week is not None and run.week is not None and week != run.week):
                 run = open_runs[account] = _Run([])
@@ -374,46 +416,40 @@ class Replay:
                     together[account] = run.records
         for records, together in rounds:
             if records:
+                self.out.rounds += 1
                 self._round(records, together, now_ms)
-        return len(rounds)
+        self._forget(now_ms)
 
     def _round(self, records: list[RecordLike], together: dict[str, list[RecordLike]], now_ms: int) -> None:
         if not together:
-            self._publish(self._count(self.runs.usage(records, now_ms, _settle, _settle), len(records)))
+            self.usage(records, now_ms)
             return
+        engine = self.rules.engine
         self.store.begin(list(together))
         try:
-            out = self._count(self.runs.usage(records, now_ms, _settle, _settle), len(records))
+            out = self._count(self.processor.usage(records, now_ms, _settle, _settle), len(records))
             fired = [a for a in together if out.outboxes.get(a)]
             for account in fired:
-                self.store.undo(account)
+                # the engine's memo of fired scopes must forget the marks taken back
+                engine.forget(account, self.store.undo(account))
                 del out.outboxes[account]
         finally:
             self.store.end()
         self._publish(out)
         for account in fired:
-            self.undone += 1
+            self.out.undone += 1
             for record in together[account]:
                 self._publish(self.processor.usage([record], now_ms, _settle, _settle))
 
-    def _week(self, ms: int) -> str:
-        day = ms // DAY_MS
-        week = self._weeks.get(day)
-        if week is None:
-            if len(self._weeks) > 4096:
-                self._weeks.clear()
-            week = self._weeks[day] = iso_week(ms)
-        return week
-
-    def _alone(self, event: Event, account: str, plans: dict[str, tuple[str, bool]]) -> bool:
-        """Whether a non-monotone rule may look at the event (by its type: the meters it can
+    def _alone(self, etype: str, account: str, plans: dict[str, tuple[str, bool]]) -> bool:
+        """Whether a non-monotone rule may look at an event of this type (by the meters it can
         move, whatever its values)."""
         m = self.monotone
-        if m.all_alone or event.type in m.alone_types:
+        if m.all_alone or etype in m.alone_types:
             return True
         if not m.jumpy_plans:
             return False
-        meters = m.meters_of.get(event.type)
+        meters = m.meters_of.get(etype)
         if not meters:
             return False
         plan = plans.get(account)
@@ -426,13 +462,31 @@ class Replay:
             and not meters.isdisjoint(self.catalog.plans[plan[0]].charges)
         )
 
+    def _week(self, ms: int) -> str:
+        day = ms // DAY_MS
+        week = self._weeks.get(day)
+        if week is None:
+            if len(self._weeks) > 4096:
+                self._weeks.clear()
+            week = self._weeks[day] = iso_week(ms)
+        return week
+
+    def _forget(self, now: int) -> None:
+        """Drop the periods no event can reach any more (before the late cutoff)."""
+        grace = self.options.limits.late_grace_ms
+        if grace:
+            oldest = period_of(period_start_ms(now) - grace)
+            if oldest > self._period:
+                self._period = oldest
+                self.store.forget_periods_before(oldest)
+
     def _count(self, out: UsageOutcome, n: int) -> UsageOutcome:
-        c = self.counts
+        c = self.out.counts
         c.events += n
         c.applied += out.applied
         c.duplicates += out.duplicates
         c.unmetered += out.unmetered
-        self._dead(EVENTS_TOPIC, [(d.record.offset, d.reason, d.detail) for d in out.dead])
+        self.out.add_dead(EVENTS_TOPIC, [(d.record.offset, d.reason, d.detail) for d in out.dead])
         return out
 
     def _publish(self, out: UsageOutcome) -> None:
@@ -440,36 +494,21 @@ class Replay:
         acks: list[OutboxAck] = []
         for account, entries in out.outboxes.items():
             if entries:
-                self.triggers.extend(entries)
+                self.out.triggers.extend(entries)
                 acks.append(OutboxAck(account, len(entries), entries[0]))
         if acks:
             self.store.ack_outbox(acks)
-
-    def _dead(self, file: str, dead: list[tuple[int, str, str]]) -> None:
-        """Count by reason; keep the first EXAMPLES by (file, line), whatever the batching."""
-        for line, reason, detail in dead:
-            self.dead[reason] += 1
-            ex = DeadExample(file, line, reason, detail)
-            if len(self.examples) < EXAMPLES:
-                bisect.insort(self.examples, ex, key=_where)
-            elif _where(ex) < _where(self.examples[-1]):
-                self.examples.pop()
-                bisect.insort(self.examples, ex, key=_where)
-
-    def trigger_events(self) -> list[dict[str, Any]]:
-        """The trigger CloudEvents, in time order (then by id): the order of the history,
-        whatever the batching."""
-        docs = [orjson.loads(entry.split(b"\n", 1)[1]) for entry in self.triggers]
-        return sorted(docs, key=lambda d: (parse_rfc3339(d["time"]), d["id"]))
 
 
 # -- the replay clock and the batches --------------------------------------------------------
 
 
 class _Prepared(NamedTuple):
+    """A record and what the replay reads of it before the engine does."""
+
     record: Record
-    event: Event | None  # None: the engine cannot decode it (a dead letter whatever the time)
-    account: str | None
+    account: str | None  # None: the engine cannot decode it (a dead letter whatever the time)
+    etype: str | None
     time_ms: int | None  # event time
     arrival_ms: int | None  # record timestamp, else the event time
 
@@ -477,18 +516,14 @@ class _Prepared(NamedTuple):
 def _prepare(lines: Iterable[Line], topic: str, max_bytes: int) -> Iterator[_Prepared]:
     for line in lines:
         record = Record(topic, 0, line.number, line.key, line.value, line.headers)
-        event: Event | None
         try:
             event = decode_event(line.value, line.headers, max_bytes)
         except BadEvent:
-            event = None
-        t = event.time_ms if event is not None else None
+            yield _Prepared(record, None, None, None, line.arrival_ms)
+            continue
+        t = event.time_ms
         yield _Prepared(
-            record,
-            event,
-            event.account if event is not None else None,
-            t,
-            line.arrival_ms if line.arrival_ms is not None else t,
+            record, event.account, event.type, t, t if line.arrival_ms is None else line.arrival_ms
         )
 
 
@@ -502,8 +537,6 @@ class Stats:
     first_ms: int | None = None  # the clock's first and last value
     last_ms: int | None = None
     batches: int = 0
-    rounds: int = 0
-    periods_dropped: int = 0
     bytes_read: int = 0
 
 
@@ -516,24 +549,36 @@ class _Batch:
 
 
 class Backtest:
-    """Drives one or more replays (a catalog, and the one it is compared with) over the same
-    history, record by record in file order, in batches that cannot change a decision."""
+    """Replays one or more catalogs (a catalog, and the one it is compared with) over the same
+    history, record by record in file order, in batches that cannot change a decision. With
+    `jobs` > 1 the accounts are shared among that many worker processes (accounts share no
+    state; the clock and the batches are this process's, so the result is the same)."""
 
     def __init__(
         self,
-        replays: Sequence[Replay],
+        catalogs: Sequence[Catalog],
         options: Options,
+        jobs: int = 1,
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        self.replays = replays
+        self.catalogs = catalogs
         self.options = options
+        self.jobs = max(1, jobs)
         self.progress = progress
         self.stats = Stats()
         self._day = -1
         self._day_key: tuple[str, str] = ("", "")
-        self._period = ""
 
-    def run(self, events: Iterable[Line], accounts: Iterable[Line] = ()) -> Stats:
+    def run(self, events: Iterable[Line], accounts: Iterable[Line] = ()) -> list[Outcome]:
+        """Replays the files; one Outcome per catalog. `stats` says what the history held."""
+        sink: _Sink = _Local(self.catalogs, self.options) if self.jobs == 1 else _Workers(self, self.jobs)
+        try:
+            self._run(sink, events, accounts)
+            return sink.finish()
+        finally:
+            sink.close()
+
+    def _run(self, sink: _Sink, events: Iterable[Line], accounts: Iterable[Line]) -> None:
         opts, stats = self.options, self.stats
         future_ms, max_bytes = opts.limits.future_ms, opts.limits.max_event_bytes
         subs = _Subscriptions(_prepare(self._counted_subs(accounts), ACCOUNTS_TOPIC, max_bytes))
@@ -552,24 +597,23 @@ class Backtest:
                     newest = p.time_ms
             now = clock if clock is not None else 0
             if subs.due(now):
-                batch = self._flush(batch)
-                self._subscriptions(subs.until(now))
+                batch = self._flush(sink, batch)
+                sink.subscriptions(subs.until(now))
             key = self._key(now)
             if batch.records and (
                 len(batch.records) >= opts.batch_records
                 or key != batch.key
                 or (batch.future_floor is not None and now + future_ms >= batch.future_floor)
             ):
-                batch = self._flush(batch)
+                batch = self._flush(sink, batch)
             batch.records.append(p)
             batch.now_ms, batch.key = now, key
             if p.time_ms is not None and p.time_ms > now + future_ms:
                 floor = batch.future_floor
                 batch.future_floor = p.time_ms if floor is None else min(floor, p.time_ms)
-        self._flush(batch)
-        self._subscriptions(subs.until(None))
+        self._flush(sink, batch)
+        sink.subscriptions(subs.until(None))
         stats.last_ms = clock
-        return stats
 
     def _counted(self, lines: Iterable[Line]) -> Iterator[Line]:
         stats, progress = self.stats, self.progress
@@ -596,30 +640,12 @@ class Backtest:
         window = self.options.dedup_window_ms
         return (*self._day_key, now // window if window > 0 else 0)
 
-    def _flush(self, batch: _Batch) -> _Batch:
+    def _flush(self, sink: _Sink, batch: _Batch) -> _Batch:
         if not batch.records:
             return batch
         self.stats.batches += 1
-        for replay in self.replays:
-            self.stats.rounds += replay.batch(batch.records, batch.now_ms)
-        self._forget(batch.now_ms)
+        sink.batch(batch.records, batch.now_ms)
         return _Batch()
-
-    def _forget(self, now: int) -> None:
-        """Drop the periods no event can reach any more (before the late cutoff)."""
-        grace = self.options.limits.late_grace_ms
-        if not grace:
-            return
-        oldest = period_of(period_start_ms(now) - grace)
-        if oldest > self._period:
-            self._period = oldest
-            for replay in self.replays:
-                self.stats.periods_dropped += replay.store.forget_periods_before(oldest)
-
-    def _subscriptions(self, records: list[RecordLike]) -> None:
-        if records:
-            for replay in self.replays:
-                replay.subscriptions(records)
 
 
 class _Subscriptions:
@@ -629,7 +655,7 @@ class _Subscriptions:
     def __init__(self, prepared: Iterator[_Prepared]) -> None:
         self._it = prepared
         self._clock: int | None = None
-        self._next: tuple[int | None, RecordLike] | None = None
+        self._next: tuple[int | None, _Prepared] | None = None
         self._pull()
 
     def _pull(self) -> None:
@@ -639,16 +665,130 @@ class _Subscriptions:
             return
         if p.arrival_ms is not None and (self._clock is None or p.arrival_ms > self._clock):
             self._clock = p.arrival_ms
-        self._next = (self._clock, p.record)
+        self._next = (self._clock, p)
 
     def due(self, now: int) -> bool:
         nxt = self._next
         return nxt is not None and (nxt[0] is None or nxt[0] <= now)
 
-    def until(self, now: int | None) -> list[RecordLike]:
+    def until(self, now: int | None) -> list[_Prepared]:
         """The records due at `now` (None: all that are left)."""
-        out: list[RecordLike] = []
+        out: list[_Prepared] = []
         while self._next is not None and (now is None or self._next[0] is None or self._next[0] <= now):
             out.append(self._next[1])
             self._pull()
         return out
+
+
+# -- where the replays run: here, or in worker processes -------------------------------------
+
+
+class _Sink(Protocol):
+    def subscriptions(self, prepared: list[_Prepared]) -> None: ...
+    def batch(self, prepared: list[_Prepared], now_ms: int) -> None: ...
+    def finish(self) -> list[Outcome]: ...
+    def close(self) -> None: ...
+
+
+class _Local:
+    """The replays in this process."""
+
+    def __init__(self, catalogs: Sequence[Catalog], options: Options) -> None:
+        self.replays = [Replay(c, options) for c in catalogs]
+
+    def subscriptions(self, prepared: list[_Prepared]) -> None:
+        if prepared:
+            records = [p.record for p in prepared]
+            for replay in self.replays:
+                replay.subscriptions(records)
+
+    def batch(self, prepared: list[_Prepared], now_ms: int) -> None:
+        for replay in self.replays:
+            replay.batch(prepared, now_ms)
+
+    def finish(self) -> list[Outcome]:
+        return [r.out for r in self.replays]
+
+    def close(self) -> None:
+        return None
+
+
+def _owner(account: str | None, jobs: int) -> int:
+    """The worker that replays an account (records without one: the first)."""
+    return 0 if account is None else zlib.crc32(account.encode("utf-8", "surrogatepass")) % jobs
+
+
+def _work(conn: Connection, catalogs: Sequence[Catalog], options: Options) -> None:
+    """A worker process: replays what it is sent; at the end sends its outcomes back."""
+    local = _Local(catalogs, options)
+    try:
+        while True:
+            msg = conn.recv()
+            if msg[0] == "batch":
+                local.batch(msg[2], msg[1])
+            elif msg[0] == "subs":
+                local.subscriptions(msg[1])
+            else:
+                break
+        conn.send(("ok", local.finish()))
+    except BaseException:  # a bug: the parent raises it with this trace
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+class _Workers:
+    """The replays in `jobs` worker processes (forked: they share this process's catalogs),
+    each replaying the accounts `_owner` gives it; the records reach them in file order."""
+
+    def __init__(self, backtest: Backtest, jobs: int) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.jobs = jobs
+        self.conns: list[Connection] = []
+        self.procs: list[BaseProcess] = []
+        for _ in range(jobs):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_work, args=(child, backtest.catalogs, backtest.options), daemon=True)
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+
+    def _send(self, kind: str, prepared: list[_Prepared], *extra: int) -> None:
+        parts: list[list[_Prepared]] = [[] for _ in self.conns]
+        for p in prepared:
+            parts[_owner(p.account, self.jobs)].append(p)
+        for conn, part in zip(self.conns, parts, strict=True):
+            if part:
+                conn.send((kind, *extra, part))
+
+    def subscriptions(self, prepared: list[_Prepared]) -> None:
+        self._send("subs", prepared)
+
+    def batch(self, prepared: list[_Prepared], now_ms: int) -> None:
+        self._send("batch", prepared, now_ms)
+
+    def finish(self) -> list[Outcome]:
+        for conn in self.conns:
+            conn.send(("end",))
+        merged: list[Outcome] | None = None
+        for conn in self.conns:
+            status, got = conn.recv()
+            if status != "ok":
+                raise RuntimeError(f"a backtest worker failed:\n{got}")
+            if merged is None:
+                merged = got
+            else:
+                for mine, theirs in zip(merged, got, strict=True):
+                    mine.merge(theirs)
+        assert merged is not None
+        return merged
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+        for proc in self.procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()

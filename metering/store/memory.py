@@ -244,14 +244,19 @@ class MemoryStore(Store):
         takes it back when it must replay them one by one). Until `end`."""
         self._journal = {a: _Undo(a in self.accounts) for a in accounts}
 
-    def undo(self, account: str) -> None:
-        """Put a journaled account back as it was at `begin`."""
+    def undo(self, account: str) -> set[str]:
+        """Put a journaled account back as it was at `begin`. Returns the fired-mark fields
+        taken back (set or changed since)."""
         assert self._journal is not None
         u = self._journal.pop(account)
+        acct = self.accounts.get(account)
+        if acct is None:
+            return set()
+        old = u.marks[0] if u.marks is not None else acct.fired  # no fire since: nothing to take
+        marks = {f for f, mark in acct.fired.items() if old.get(f) != mark}
         if not u.existed:
-            self.accounts.pop(account, None)
-            return
-        acct = self.accounts[account]
+            del self.accounts[account]
+            return marks
         if u.small is not None:
             acct.wm, acct.periods, acct.life, acct.weeks = u.small
         if u.marks is not None:
@@ -273,6 +278,7 @@ class MemoryStore(Store):
                 acct.dedup.pop(b, None)
             else:
                 acct.dedup[b] = before
+        return marks
 
     def end(self) -> None:
         """Stop journaling (what was done stays)."""

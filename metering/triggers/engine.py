@@ -4,7 +4,7 @@ the store's compare-and-set is what guarantees once per scope)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from metering.core.events import Event
 from metering.core.state import AccountState
@@ -50,6 +50,12 @@ class TriggerEngine:
                 if c.field not in out:
                     out[c.field] = c
         return list(out.values())
+
+    def forget(self, account: str, fields: Iterable[str]) -> None:
+        """Scopes whose marks a caller took back (the backtest's store undoes a run of events
+        it replays one by one): they are not known to have fired any more."""
+        for f in fields:
+            self._fired.discard((account, f))
 
     def recorded(self, account: str, candidates: Sequence[Candidate]) -> None:
         """After the store recorded or refused them, every final scope here is remembered."""

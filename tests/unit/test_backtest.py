@@ -29,6 +29,7 @@ from metering.engine.backtest import (
     EVENTS_TOPIC,
     Backtest,
     Options,
+    Outcome,
     Replay,
     read_lines,
 )
@@ -155,16 +156,14 @@ def write(tmp: Path, name: str, lines: list[bytes]) -> Path:
 
 
 def backtest(
-    cat: Catalog, events: Path, accounts: Path | None, batch: int, grace: int | None = None
-) -> Replay:
+    cat: Catalog, events: Path, accounts: Path | None, batch: int, grace: int | None = None, jobs: int = 1
+) -> Outcome:
     limits = OPTIONS.limits if grace is None else Limits(65536, grace, 5 * 60_000)
     opts = Options(limits, OPTIONS.dedup_window_ms, batch_records=batch)
-    replay = Replay(cat, opts)
-    Backtest([replay], opts).run(read_lines(events), read_lines(accounts) if accounts else ())
-    return replay
+    return Backtest([cat], opts, jobs).run(read_lines(events), read_lines(accounts) if accounts else ())[0]
 
 
-def reference(cat: Catalog, events: Path, accounts: Path | None, grace: int | None = None) -> Replay:
+def reference(cat: Catalog, events: Path, accounts: Path | None, grace: int | None = None) -> Outcome:
     """The definition, one record at a time: the clock is the newest arrival time so far (a
     record timestamp, else the event time of a record that decodes); a subscription record is
     applied before the first event whose clock reaches its own time."""
@@ -198,19 +197,18 @@ def reference(cat: Catalog, events: Path, accounts: Path | None, grace: int | No
         replay.usage([Record(EVENTS_TOPIC, 0, line.number, None, line.value, line.headers)], now)
     for _, rec in pending:
         replay.subscriptions([rec])
-    return replay
+    return replay.out
 
 
-def outcome(replay: Replay) -> dict[str, Any]:
-    c = replay.counts
+def outcome(out: Outcome) -> dict[str, Any]:
+    c = out.counts
     return {
-        "triggers": replay.trigger_events(),
-        "dead": dict(replay.dead),
+        "triggers": out.trigger_events(),
+        "dead": dict(out.dead),
         "counts": (c.events, c.applied, c.duplicates, c.subscriptions_applied, c.subscriptions_stale),
-        "fired": {a: replay.store.fired(a) for a in sorted(replay.store.accounts)},
         # a `future` detail says by how much, from the batch's "now": the decision is the same
         "examples": [
-            (e.file, e.line, e.reason, "" if e.reason == "future" else e.detail) for e in replay.examples
+            (e.file, e.line, e.reason, "" if e.reason == "future" else e.detail) for e in out.examples
         ],
     }
 
@@ -227,11 +225,11 @@ def test_any_batch_size_decides_as_each_record_alone(tmp_path: Path, seed: int) 
     assert (want["dead"].get("future", 0) > 0) == export
     assert want["counts"][2] > 0  # duplicates
     assert len({t["type"] for t in want["triggers"]}) >= 4
-    for batch in (1, 7, 2000):
-        replay = backtest(cat, events, accounts, batch)
-        assert outcome(replay) == want, batch
+    for batch, jobs in ((1, 1), (7, 1), (2000, 1), (2000, 3)):
+        got = backtest(cat, events, accounts, batch, jobs=jobs)
+        assert outcome(got) == want, (batch, jobs)
         if batch == 2000:  # runs were tried together, and some taken back
-            assert replay.undone > 0
+            assert got.undone > 0
 
 
 def test_batching_each_account_together_would_decide_otherwise(tmp_path: Path) -> None:
@@ -248,7 +246,7 @@ def test_batching_each_account_together_would_decide_otherwise(tmp_path: Path) -
     together.usage(
         [Record(EVENTS_TOPIC, 0, i, None, orjson.dumps(d), ()) for i, d in enumerate(docs)], T0 + 5000
     )
-    assert together.trigger_events() == []
+    assert together.out.trigger_events() == []
 
 
 # -- "now" -----------------------------------------------------------------------------------
