@@ -103,23 +103,37 @@ def backtest(
     size = events.stat().st_size
     # A bar only for a long file, and only on a terminal (stderr: stdout is the report).
     show = err.is_terminal and size > 16 * 1024 * 1024
+    bar = Progress(
+        "backtest",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not show,
+    )
+    task = bar.add_task("backtest", total=size)
+
+    started = False
+
+    def progress(done: int) -> None:
+        # Started at the first report, once the workers are forked: rich refreshes the bar
+        # from a thread, and a fork must not copy a thread's locks.
+        nonlocal started
+        if show and not started:
+            started = True
+            bar.start()
+        bar.update(task, completed=done)
+
+    run = Backtest(catalogs, options, jobs, progress=progress)
     try:
-        with Progress(
-            "backtest",
-            BarColumn(),
-            DownloadColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-            disable=not show,
-        ) as bar:
-            task = bar.add_task("backtest", total=size)
-            run = Backtest(catalogs, options, jobs, progress=lambda done: bar.update(task, completed=done))
-            outcomes = run.run(read_lines(events), read_lines(accounts) if accounts is not None else ())
+        outcomes = run.run(read_lines(events), read_lines(accounts) if accounts is not None else ())
     except InputError as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot read {exc.filename or events}: {exc.strerror or exc}")
+    finally:
+        bar.stop()
 
     stats = run.stats
     reports = [_report(c, o, stats) for c, o in zip(catalogs, outcomes, strict=True)]
