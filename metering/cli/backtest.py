@@ -89,6 +89,10 @@ def backtest(
         settings.topic_triggers,
     )
     catalogs = [catalog] + ([other] if other is not None else [])
+    if not as_json:
+        typer.echo(f"rules: version {catalog.version} from {rules or settings.rules}", err=True)
+        if other is not None:
+            typer.echo(f"compared with: version {other.version} from {compare}", err=True)
     if jobs is None:
         import os
 
@@ -151,9 +155,7 @@ def backtest(
         typer.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
         return
     console = Console()
-    err.print(f"rules: version {catalog.version} from {rules or settings.rules}", highlight=False)
     if other is not None:
-        err.print(f"compared with: version {other.version} from {compare}", highlight=False)
         _print_compare(console, catalog, reports[0], reports[1], brief)
     else:
         _print_report(console, catalog, reports[0], brief)
@@ -227,6 +229,7 @@ def _print_compare(
     if not brief:
         _print_triggers(console, diff["gained"], "+ ")
         _print_triggers(console, diff["lost"], "- ")
+        _print_triggers(console, diff["changed"], "~ ")
     table = Table(
         "rule", "fired", "gained", "lost", "changed", "accounts", f"revenue at stake ({catalog.currency}/mo)"
     )
@@ -263,26 +266,30 @@ def _print_input(
         f"events: {c['events']:,} read{span}: {c['applied']:,} counted, {c['duplicates']:,} duplicates, "
         f"{c['dead_lettered']:,} dead letters",
         highlight=False,
+        soft_wrap=True,
     )
     if c["subscriptions"]:
         console.print(
             f"subscriptions: {c['subscriptions']:,} read: {c['subscriptions_applied']:,} applied, "
             f"{c['subscriptions_stale']:,} older than the state they met",
             highlight=False,
+            soft_wrap=True,
         )
     for label, outcome in zip(("", "compared: ") if len(outcomes) > 1 else ("",), outcomes, strict=False):
         if outcome.dead:
             reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(outcome.dead.items()))
-            console.print(f"{label}dead letters by reason: {reasons}", highlight=False)
+            console.print(f"{label}dead letters by reason: {reasons}", highlight=False, soft_wrap=True)
             for ex in outcome.examples:
                 console.print(
                     f"  {ex.file} line {ex.line}: {ex.reason}: {ex.detail}",
                     highlight=False,
                     markup=False,
+                    soft_wrap=True,
                 )
     if stats.out_of_order:
         console.print(
             f"note: {stats.out_of_order:,} events were older than an event before them: the file is "
             "replayed in its order, the arrival order (see --help)",
             highlight=False,
+            soft_wrap=True,
         )

@@ -75,7 +75,7 @@ def compare(
     """Two summaries of the same history (before = the catalog of `--rules`, after = the one
     of `--compare`): per rule the figures before and after and the triggers gained (an id only
     after), lost (only before) and changed (the same id, other data: another value, time or
-    offer); the totals; and the triggers gained and lost themselves."""
+    offer); the totals; and the triggers gained, lost and changed (as after) themselves."""
     old = {t["id"]: t for t in before["triggers"]}
     new = {t["id"]: t for t in after["triggers"]}
     gained = [t for i, t in new.items() if i not in old]
@@ -102,6 +102,7 @@ def compare(
         "revenue_at_stake": {"before": before["revenue_at_stake"], "after": after["revenue_at_stake"]},
         "gained": gained,
         "lost": lost,
+        "changed": changed,
     }
 
 
