@@ -89,10 +89,6 @@ def backtest(
         settings.topic_triggers,
     )
     catalogs = [catalog] + ([other] if other is not None else [])
-    if not as_json:
-        typer.echo(f"rules: version {catalog.version} from {rules or settings.rules}", err=True)
-        if other is not None:
-            typer.echo(f"compared with: version {other.version} from {compare}", err=True)
     if jobs is None:
         import os
 
@@ -155,7 +151,9 @@ def backtest(
         typer.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
         return
     console = Console()
+    typer.echo(f"rules: version {catalog.version} from {rules or settings.rules}", err=True)
     if other is not None:
+        typer.echo(f"compared with: version {other.version} from {compare}", err=True)
         _print_compare(console, catalog, reports[0], reports[1], brief)
     else:
         _print_report(console, catalog, reports[0], brief)
