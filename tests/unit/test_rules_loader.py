@@ -11,6 +11,8 @@ import yaml
 from pydantic import ValidationError
 
 from metering.errors import RulesError
+from metering.pricing import monthly_total
+from rules.lint import lint
 from rules.loader import load_catalog, parse_catalog
 from rules.models import Catalog, Meter, UsageThreshold
 from tests.paths import EXAMPLE_PATH, shared_example
@@ -42,8 +44,23 @@ def test_example_loads() -> None:
     assert power.cooldown_days == 90
 
 
-def test_packaged_example_is_the_shared_one() -> None:
-    assert EXAMPLE_PATH.read_text() == shared_example().read_text()
+def test_packaged_example_extends_the_shared_one() -> None:
+    """The packaged example is the product team's shared example plus one rule of each kind
+    of SPEC 7.1: the shared one still loads and lints clean, and every meter, plan, add-on
+    and rule of it is in the packaged one unchanged (and its rules come first, in order)."""
+    shared = load_catalog(shared_example())
+    assert lint(shared, monthly_total) == []
+    packaged = load_catalog(EXAMPLE_PATH)
+    assert (packaged.currency, packaged.default_plan) == (shared.currency, shared.default_plan)
+    for name, meter in shared.meters.items():
+        assert packaged.meters.get(name) == meter, name
+    for name, plan in shared.plans.items():
+        assert packaged.plans.get(name) == plan, name
+    for name, addon in shared.addons.items():
+        assert packaged.addons.get(name) == addon, name
+    assert packaged.triggers[: len(shared.triggers)] == shared.triggers
+    added = {r.kind for r in packaged.triggers} - {r.kind for r in shared.triggers}
+    assert added == {"forecast", "composite"}
 
 
 def test_version_is_stable_and_content_sensitive() -> None:
