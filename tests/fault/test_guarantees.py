@@ -37,6 +37,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 from kafka import KafkaProducer
 
 from consumers.topics import ensure_topics
@@ -44,9 +45,10 @@ from metering.core.periods import format_rfc3339
 from metering.errors import DEAD_LETTER_REASONS
 from metering.settings import Settings
 from metering.store import RedisStore
+from metering.triggers import trigger_id
 from rules.loader import load_catalog
 from tests.fault.conftest import Infra, report, wait_topic_committed
-from tests.fault.oracle import Scenario, build, expected_triggers, kinds
+from tests.fault.oracle import Scenario, build, expected_triggers, fault_rules, kinds
 from tests.kafka_util import read_all
 from tests.pipeline_util import committed, end_offsets, isolated_settings, start_run
 from tests.workload import mismatches
@@ -162,7 +164,10 @@ class Consumers:
 @pytest.fixture
 def consumers(fault_infra: Infra, tmp_path: Path) -> Iterator[Consumers]:
     tag = "g" + os.urandom(4).hex()
-    c = Consumers(fault_settings(fault_infra, tag), tmp_path)
+    # The example catalog, its forecasts moved to a meter of the scenario's own (oracle.py).
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(fault_rules(yaml.safe_load(RULES.read_text())), sort_keys=False))
+    c = Consumers(fault_settings(fault_infra, tag, rules=rules), tmp_path)
     try:
         yield c
     finally:
@@ -182,12 +187,14 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
 ) -> None:
     t_start = time.monotonic()
     s = consumers.settings
-    catalog = load_catalog(RULES)
+    assert s.rules is not None
+    catalog = load_catalog(s.rules)
     seed = int(os.environ.get("METERING_FAULT_SEED", str(random.randrange(1, 10**6))))
     rng = random.Random(seed)
     sc: Scenario = build(catalog, int(time.time() * 1000), seed=seed % 1000)
-    expected = expected_triggers(catalog, sc)
-    want_kinds = kinds(expected)
+    oracle = expected_triggers(catalog, sc)
+    expected = oracle.triggers
+    want_kinds = kinds(oracle)
     distinct = len(sc.aggregates.seen)
     report(
         f"SCENARIO seed {seed}: {n(len(sc.events))} events ({n(distinct)} distinct, "
@@ -202,6 +209,9 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
         "feature_request",
         "milestone",
         "spend_threshold",
+        "forecast",
+        "composite",
+        "recovered",
     }
 
     ensure_topics(s, [MILESTONES])
@@ -406,6 +416,9 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
         )
         varied = [i for i, payloads in by_id.items() if len(payloads) > 1]
         assert not varied, f"copies of one id differ: {varied[:5]}"
+        typed = {i: orjson.loads(next(iter(p)))["type"] for i, p in by_id.items()}
+        wrong = [(expected[i], t) for i, t in typed.items() if t != expected[i][2]]
+        assert not wrong, f"ids published with another type than the oracle's: {wrong[:5]}"
         again = sum(c - 1 for c in count.values())
         report(
             f"CHECK triggers: {n(len(by_id))} ids published = the oracle's {n(len(expected))} "
@@ -413,16 +426,17 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
             f"{n(again)} re-published after faults with the same id and bytes"
         )
 
-        marks: set[str] = set()
+        marks: dict[tuple[str, str], str] = {}
         outbox = 0
         for acct in sc.touched:
-            marks |= {orjson.loads(m)["id"] for m in store.fired(acct).values()}
+            marks |= {(acct, f): orjson.loads(m)["id"] for f, m in store.fired(acct).items()}
             outbox += len(store.outbox(acct))
-        assert marks == set(expected)
+        assert marks == oracle.marks
         assert outbox == 0
+        rearmed = sum(1 for (a, f), i in marks.items() if i != trigger_id(a, f, 1))
         report(
-            f"CHECK fired marks: {n(len(marks))} in Redis = the oracle's; "
-            f"outbox empty for {n(len(sc.touched))} accounts"
+            f"CHECK fired marks: {n(len(marks))} in Redis = the oracle's (each scope's last firing "
+            f"or recovery; {rearmed} past their first); outbox empty for {n(len(sc.touched))} accounts"
         )
     finally:
         store.close()
