@@ -14,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 from typing import NamedTuple
 
 from metering.core.calls import APPLIED, DUPLICATE
 from metering.core.events import Event
 from metering.core.meters import from_micro
+from metering.core.periods import DAY_MS, period_of, period_start_ms
 from metering.core.plan import AccountBatch
 from metering.core.state import AccountState
 from metering.pricing import offer_for_limit, offer_upgrade
@@ -76,6 +78,13 @@ def _offer(offer: Offer | None) -> dict[str, object] | None:
     return offer.to_json() if offer else None
 
 
+@lru_cache(maxsize=4096)
+def _calendar(day: int) -> tuple[str, int]:
+    """(billing period, its start in ms) of a UTC day: both are functions of the day."""
+    ms = day * DAY_MS
+    return period_of(ms), period_start_ms(ms)
+
+
 def _never(_field: str) -> bool:
     return False
 
@@ -110,6 +119,16 @@ class Ctx:
         if self._now is None:
             self._now = max(i.event.time_ms for i in self.items)
         return self._now
+
+    @property
+    def period(self) -> str:
+        """The billing period holding `now`."""
+        return _calendar(self.now // DAY_MS)[0]
+
+    @property
+    def period_start(self) -> int:
+        """The start of `period`, in ms."""
+        return _calendar(self.now // DAY_MS)[1]
 
     def touched(self, period: str) -> set[str]:
         """Meters that this batch's events matched in `period` (worked out once per batch)."""

@@ -24,7 +24,6 @@ from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
-from metering.core.periods import period_of
 from metering.core.state import PeriodUsage
 from metering.triggers.candidate import Candidate, number
 from metering.triggers.context import Ctx
@@ -46,15 +45,14 @@ def scope(rule_id: str, period: str, plan: str) -> str:
 
 
 def composite(ctx: Ctx, rule: Composite) -> Iterator[Candidate]:
-    now = ctx.now
-    period = period_of(now)
+    now, period = ctx.now, ctx.period
     field = scope(rule.id, period, ctx.plan)
     if ctx.known(field):
         return
     usage = ctx.state.periods.get(period) or PeriodUsage(period)
     shown: list[dict[str, object]] = []
     for condition in rule.when:
-        held = _holds(ctx, condition, usage, now)
+        held = _holds(ctx, condition, usage, now, period)
         if held is None:
             return
         shown.append(held)
@@ -62,7 +60,9 @@ def composite(ctx: Ctx, rule: Composite) -> Iterator[Candidate]:
     yield ctx.candidate("composite", rule.id, field, now, data)
 
 
-def _holds(ctx: Ctx, condition: Condition, usage: PeriodUsage, now: int) -> dict[str, object] | None:
+def _holds(
+    ctx: Ctx, condition: Condition, usage: PeriodUsage, now: int, period: str
+) -> dict[str, object] | None:
     """The condition as written plus the `value` that satisfied it; None when it does not hold."""
     sub = ctx.state.subscription
     if isinstance(condition, MeterCondition):
@@ -86,7 +86,7 @@ def _holds(ctx: Ctx, condition: Condition, usage: PeriodUsage, now: int) -> dict
             else None
         )
     if isinstance(condition, FiredCondition):
-        fired = ctx.fired(condition.fired, period_of(now))
+        fired = ctx.fired(condition.fired, period)
         return {"fired": condition.fired, "value": fired} if fired is not None else None
     return None  # pragma: no cover - the model admits no other shape
 
