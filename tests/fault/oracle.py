@@ -7,9 +7,9 @@ in its other meters only, SPEC 2.1; an event of a type no meter reads counts now
 an absent value is never a dead letter). Trigger ids come from
 `expected_triggers` below, which decides from the *final* expected aggregates, the
 subscriptions and the feature requests which once-per scopes must have fired, and hashes them
-with the deterministic id of SPEC 3.3 (`trigger_id(account, field, seq)`). The only product
-code it shares is that hash and `price_bill` (the pricing engine, tested on its own) for the
-spend of a period.
+with the deterministic id of SPEC 3.3 (`trigger_id(account, field, seq)`, and
+`recovery_id(account, field, seq)` for a recovery). The only product code it shares is those
+hashes and `price_bill` (the pricing engine, tested on its own) for the spend of a period.
 
 Deciding from final aggregates is sound because the engine is level-based and the workload is
 built so that every condition is monotone in the order events are applied:

@@ -1,9 +1,11 @@
 """Expansion triggers end to end on the real broker and Redis (SPEC 3.3, 4.2).
 
-Every kind of rules/example.yaml fires exactly once per scope across producer duplicates, a
-replay of the whole topic by a new consumer group, restarts, and a SIGKILL between recording
-a trigger and publishing it; triggers land on the rule's topic, keyed by account, with a
-content-type header. `metering send` and `metering tail` are driven as subprocesses.
+Every kind of rules/example.yaml fires exactly once per scope (a recovered level once per
+firing) across producer duplicates, a replay of the whole topic by a new consumer group,
+restarts, and a SIGKILL between recording a trigger and publishing it (the SPEC 7.1 signals'
+own SIGKILL tests are in test_signals_e2e.py); triggers land on the rule's topic, keyed by
+account, with a content-type header. `metering send` and `metering tail` are driven as
+subprocesses.
 
 Each test uses a copy of the example rules whose milestone topic is unique to the test (the
 example's `usage.milestones` is a fixed name shared by every run).
