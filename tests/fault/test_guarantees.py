@@ -37,6 +37,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 from kafka import KafkaProducer
 
 from consumers.topics import ensure_topics
@@ -47,7 +48,7 @@ from metering.store import RedisStore
 from rules.loader import load_catalog
 from tests.fault.checks import check_fired_marks, check_published_triggers
 from tests.fault.conftest import Infra, report, wait_topic_committed
-from tests.fault.oracle import Scenario, build, expected_triggers, kinds
+from tests.fault.oracle import Scenario, build, expected_triggers, fault_rules, kinds
 from tests.kafka_util import read_all
 from tests.pipeline_util import committed, end_offsets, isolated_settings, start_run
 from tests.workload import mismatches
@@ -163,7 +164,10 @@ class Consumers:
 @pytest.fixture
 def consumers(fault_infra: Infra, tmp_path: Path) -> Iterator[Consumers]:
     tag = "g" + os.urandom(4).hex()
-    c = Consumers(fault_settings(fault_infra, tag), tmp_path)
+    # The example catalog, its forecasts moved to a meter of the scenario's own (oracle.py).
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(fault_rules(yaml.safe_load(RULES.read_text())), sort_keys=False))
+    c = Consumers(fault_settings(fault_infra, tag, rules=rules), tmp_path)
     try:
         yield c
     finally:
@@ -183,12 +187,14 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
 ) -> None:
     t_start = time.monotonic()
     s = consumers.settings
-    catalog = load_catalog(RULES)
+    assert s.rules is not None
+    catalog = load_catalog(s.rules)
     seed = int(os.environ.get("METERING_FAULT_SEED", str(random.randrange(1, 10**6))))
     rng = random.Random(seed)
     sc: Scenario = build(catalog, int(time.time() * 1000), seed=seed % 1000)
-    expected = expected_triggers(catalog, sc)
-    want_kinds = kinds(expected)
+    oracle = expected_triggers(catalog, sc)
+    expected = oracle.triggers
+    want_kinds = kinds(oracle)
     distinct = len(sc.aggregates.seen)
     report(
         f"SCENARIO seed {seed}: {n(len(sc.events))} events ({n(distinct)} distinct, "
@@ -203,6 +209,9 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
         "feature_request",
         "milestone",
         "spend_threshold",
+        "forecast",
+        "composite",
+        "recovered",
     }
 
     ensure_topics(s, [MILESTONES])
@@ -395,12 +404,12 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
         report(
             f"CHECK triggers: {n(len(expected))} ids published = the oracle's "
             f"({', '.join(f'{k} {n(v)}' for k, v in sorted(want_kinds.items()))}); {n(copies)} copies, "
-            f"{n(again)} re-published after faults with the same id and bytes"
+            f"{n(again)} re-published after faults with the same id and bytes; each id's type checked"
         )
-        marks = check_fired_marks(store, sc.touched, expected)
+        marks, rearmed = check_fired_marks(store, sc.touched, oracle.marks)
         report(
-            f"CHECK fired marks: {n(marks)} in Redis = the oracle's; "
-            f"outbox empty for {n(len(sc.touched))} accounts"
+            f"CHECK fired marks: {n(marks)} in Redis = the oracle's (each scope's last firing "
+            f"or recovery; {rearmed} past their first); outbox empty for {n(len(sc.touched))} accounts"
         )
     finally:
         store.close()
