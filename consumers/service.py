@@ -1,6 +1,7 @@
 """`metering run`: the consumer-group service. Per polled batch:
 
-  1. subscription records -> store (last by time wins)
+  1. subscription records -> read back, decided in pure code (last by time wins; MRR
+     movements; conversions of recent triggers), written with a compare-and-set
   2. usage events -> plan (pure) -> one apply script per account, one round trip
   3. trigger evaluation (pure) -> one fire script per account with candidates (marks + outbox)
   4. publish the outbox entries and dead letters, wait for acks, drop the acked entries
@@ -45,10 +46,12 @@ from metering.core.calls import (
     FireResult,
     OutboxAck,
     StoredCatalog,
-    SubscriptionUpdate,
+    SubscriptionRead,
+    SubscriptionRecord,
 )
 from metering.core.events import decode_event
 from metering.core.meters import MeterIndex
+from metering.core.movements import MICRO, to_micro
 from metering.core.periods import delta_ms, weeks_back
 from metering.core.plan import (
     SLICE_RECORDS,
@@ -61,6 +64,7 @@ from metering.core.plan import (
     plan_batch,
     skips,
 )
+from metering.core.revenue import Folded, fold
 from metering.core.state import build_state, pairs
 from metering.core.subscriptions import Subscription, from_store, to_store
 from metering.errors import (
@@ -69,9 +73,11 @@ from metering.errors import (
     BrokerUnavailable,
     ConfigError,
     RulesError,
+    StoreUnavailable,
     TransientError,
 )
 from metering.metrics import Metrics
+from metering.pricing.mrr import monthly_recurring
 from metering.settings import Settings
 from metering.store import Pending, RedisStore, Store
 from metering.triggers import Candidate, TriggerEngine, items_for
@@ -80,6 +86,7 @@ from rules.models import Catalog
 
 log = logging.getLogger("metering.service")
 T = TypeVar("T")
+CAS_ROUNDS = 5  # reads and writes of subscriptions refused before the batch is retried whole
 
 
 class Service:
@@ -310,7 +317,7 @@ class Service:
         self.metrics.events_consumed.inc(len(usage))
         self.metrics.batch_size.observe(len(raw_records))
 
-        dead = self._apply_subscriptions(accounts)
+        dead, sub_outboxes = self._apply_subscriptions(accounts)
         # Slices overlap Redis with Python: a slice's apply script runs while the next slice is
         # planned, and its triggers are evaluated while later slices apply. A partition is
         # never split across slices, so no two calls in flight share an (account, partition)
@@ -323,7 +330,7 @@ class Service:
             calls = [a.call for a in plan.accounts]
             applying.append((plan, self.store.send_apply(calls, now_ms, cutoff, self._weekly)))
         firing: list[tuple[list[tuple[AccountBatch, list[Candidate]]], Pending[list[FireResult]]]] = []
-        outboxes: dict[str, list[bytes]] = {}
+        outboxes: dict[str, list[bytes]] = dict(sub_outboxes)
         for plan, pending in applying:
             results = self._apply_usage(plan, pending, now_ms)
             for acct, res in zip(plan.accounts, results, strict=True):
@@ -353,20 +360,81 @@ class Service:
 
         return self.retry(what, attempt)
 
-    def _apply_subscriptions(self, records: Sequence[RecordLike]) -> list[DeadLetter]:
-        updates: list[SubscriptionUpdate] = []
+    def _apply_subscriptions(
+        self, records: Sequence[RecordLike]
+    ) -> tuple[list[DeadLetter], dict[str, list[bytes]]]:
+        """Subscription records (SPEC 2.2) with their MRR movements and conversions (SPEC 7.3):
+        the dead letters, and the outbox of every account they touched (its conversions, and
+        any entry a crash left unpublished) to publish with the batch."""
+        by_account: dict[str, list[SubscriptionRecord]] = {}
         dead: list[DeadLetter] = []
         for rec in records:
             try:
                 event = decode_event(rec.value, rec.headers, self.settings.max_event_bytes)
-                updates.append(SubscriptionUpdate(event.account, to_store(event, self.catalog)))
+                state = to_store(event, self.catalog)
+                mrr = to_micro(monthly_recurring(state, self.catalog))
             except BadEvent as exc:
                 dead.append(DeadLetter(rec, exc.reason, exc.detail))
-        if updates:
-            applied = self.retry("recording subscriptions", lambda: self.store.set_subscriptions(updates))
-            for a in applied:
-                self.metrics.account_updates.labels("applied" if a else "stale").inc()
-        return dead
+                continue
+            wm_field = f"{rec.topic}/{rec.partition}"
+            by_account.setdefault(event.account, []).append(
+                SubscriptionRecord(rec.offset, wm_field, state, mrr)
+            )
+        if not by_account:
+            return dead, {}
+        outboxes = self.retry("recording subscriptions", lambda: self._record_subscriptions(by_account))
+        return dead, outboxes
+
+    def _record_subscriptions(
+        self, by_account: dict[str, list[SubscriptionRecord]]
+    ) -> dict[str, list[bytes]]:
+        """Read each account, decide its records (pure), write with a compare-and-set; an
+        account written by someone else since the read (a fenced member) is read and decided
+        again, and its records then find themselves applied (watermark)."""
+        outboxes: dict[str, list[bytes]] = {}
+        pending = by_account
+        for _ in range(CAS_ROUNDS):
+            reads = [SubscriptionRead(a, sorted({r.wm_field for r in recs})) for a, recs in pending.items()]
+            views = self.store.read_subscriptions(reads)
+            folded = [
+                fold(
+                    view,
+                    pending[view.account],
+                    default_plan=self.catalog.default_plan,
+                    window_ms=delta_ms(self.settings.conversion_window),
+                    default_topic=self.settings.topic_triggers,
+                    minor_unit=self.catalog.minor_unit,
+                )
+                for view in views
+            ]
+            written = iter(self.store.write_subscriptions([f.write for f in folded if f.write is not None]))
+            again: dict[str, list[SubscriptionRecord]] = {}
+            for view, f in zip(views, folded, strict=True):
+                if f.write is None:
+                    outboxes[f.account] = view.outbox
+                    self._count_subscriptions(f)
+                    continue
+                applied, outbox = next(written)
+                outboxes[f.account] = outbox
+                if applied:
+                    self._count_subscriptions(f)
+                else:
+                    again[f.account] = pending[f.account]
+            if not again:
+                return outboxes
+            pending = again
+        raise StoreUnavailable(
+            f"{len(pending)} accounts' subscriptions kept changing under the compare-and-set"
+        )
+
+    def _count_subscriptions(self, folded: Folded) -> None:
+        """Once per record, movement and conversion: when the write that recorded it succeeded."""
+        for result in folded.results:
+            self.metrics.account_updates.labels(result).inc()
+        for m in folded.movements:
+            self.metrics.mrr_movement.labels(m.kind).inc(m.amount / MICRO)
+        for c in folded.conversions:
+            self.metrics.conversions.labels(c.kind).inc()
 
     def _apply_usage(
         self, plan: BatchPlan, pending: Pending[list[ApplyResult]], now_ms: int
