@@ -81,20 +81,28 @@ def scorecard(
     _render(view)
 
 
+def _table(title: str, columns: tuple[str, ...], caption: str | None = None) -> Any:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD)
+    for i, col in enumerate(columns):
+        # the first column names the row; every column keeps its full header and values
+        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=True, min_width=len(col))
+    return table
+
+
 def _render(view: dict[str, Any]) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     cur = view["currency"]
     w = view["window"]
     console.print(f"[bold]Expansion scorecard[/bold] {w['from']} .. {w['until']} ({cur})")
 
-    t = Table(title="MRR movements by month", caption="NRR target: > 100% healthy, > 120% top quartile")
-    for col in ("month", "starting", "new", "expansion", "contraction", "churn", "reactivation", "ending"):
-        t.add_column(col, justify="left" if col == "month" else "right")
-    for col in ("NRR", "expansion rate", "paying", "ARPA"):
-        t.add_column(col, justify="right")
+    t = _table(
+        "MRR movements by month", ("month", "start", "new", "expand", "contract", "churn", "react", "end")
+    )
     for m in view["months"]:
         t.add_row(
             m["month"],
@@ -105,40 +113,54 @@ def _render(view: dict[str, Any]) -> None:
             m["churn"],
             m["reactivation"],
             m["ending_mrr"],
+        )
+    console.print(t)
+
+    r = _table(
+        "Retention by month",
+        ("month", "NRR", "expansion rate", "paying accounts", "ARPA"),
+        "NRR target: > 100% healthy, > 120% top quartile",
+    )
+    for m in view["months"]:
+        r.add_row(
+            m["month"],
             _pct(m["nrr"], m["nrr_status"]),
             _pct(m["expansion_rate"]),
             str(m["paying_accounts"]),
             m["arpa"] or "—",
         )
-    console.print(t)
+    console.print(r)
 
-    q = Table(title="Quarters", caption="expansion rate target: >= 10% a quarter")
-    for col in ("quarter", "months", "starting", "expansion", "expansion rate", "NRR", "ending"):
-        q.add_column(col, justify="left" if col == "quarter" else "right")
-    for r in view["quarters"]:
+    q = _table(
+        "Quarters",
+        ("quarter", "months", "start", "expand", "expansion rate", "NRR", "end"),
+        "expansion rate target: >= 10% a quarter",
+    )
+    for row in view["quarters"]:
         q.add_row(
-            r["quarter"],
-            str(r["months"]),
-            r["starting_mrr"],
-            r["expansion"],
-            _pct(r["expansion_rate"], r["expansion_rate_status"]),
-            _pct(r["nrr"], r["nrr_status"]),
-            r["ending_mrr"],
+            row["quarter"],
+            str(row["months"]),
+            row["starting_mrr"],
+            row["expansion"],
+            _pct(row["expansion_rate"], row["expansion_rate_status"]),
+            _pct(row["nrr"], row["nrr_status"]),
+            row["ending_mrr"],
         )
     console.print(q)
 
-    c = Table(title="Conversion by trigger kind", caption="conversion target: 20-30% of triggered accounts")
-    for col in ("kind", "triggered", "converted", "rate", "median days", f"MRR gained ({cur})"):
-        c.add_column(col, justify="left" if col == "kind" else "right")
-    rows = [*view["conversion"].items(), ("all", view["conversion_all"])]
-    for kind, r in rows:
+    c = _table(
+        "Conversion by trigger kind",
+        ("kind", "triggered", "converted", "rate", "median days", "MRR gained"),
+        "conversion target: 20-30% of triggered accounts",
+    )
+    for kind, row in [*view["conversion"].items(), ("all", view["conversion_all"])]:
         c.add_row(
             f"[bold]{kind}[/bold]" if kind == "all" else kind,
-            str(r["triggered"]),
-            str(r["converted"]),
-            _pct(r["rate"], r["rate_status"]),
-            r["median_days"] or "—",
-            r["mrr"],
+            str(row["triggered"]),
+            str(row["converted"]),
+            _pct(row["rate"], row["rate_status"]),
+            row["median_days"] or "—",
+            row["mrr"],
         )
     console.print(c)
 
@@ -146,18 +168,18 @@ def _render(view: dict[str, Any]) -> None:
     if ttfe is None:
         console.print("Time to first expansion: no first expansion in the window (target < 90 days)")
     else:
-        style = _STYLE.get(view["time_to_first_expansion_status"] or "", "")
+        style = _STYLE.get(view["time_to_first_expansion_status"] or "", "none")
         console.print(
             f"Time to first expansion: median [{style}]{ttfe} days[/{style}] over "
             f"{view['first_expansions']} accounts (target < 90 days)"
         )
 
-    quarters = [r["quarter"] for r in view["quarters"]]
-    k = Table(title="Signup cohorts: share of starting MRR retained at each quarter's end")
-    for col in ("cohort", "accounts", f"starting ({cur})", *quarters):
-        k.add_column(col, justify="left" if col == "cohort" else "right")
+    quarters = tuple(row["quarter"] for row in view["quarters"])
+    k = _table(
+        "Signup cohorts: MRR retained at each quarter's end", ("cohort", "accounts", "start", *quarters)
+    )
     for cohort in view["cohorts"]:
-        share = {r["quarter"]: r["share"] for r in cohort["retained"]}
+        share = {x["quarter"]: x["share"] for x in cohort["retained"]}
         k.add_row(
             cohort["cohort"],
             str(cohort["accounts"]),

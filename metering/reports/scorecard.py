@@ -33,14 +33,13 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from metering.core.calls import RevenueRecord
 from metering.core.conversion import Conversion, Fired, days, parse_mark
 from metering.core.movements import CHURN, CONTRACTION, EXPANSION, MOVEMENTS, NEW, Movement
-from metering.core.periods import to_ms, utc
+from metering.core.periods import month_bounds, next_quarter, quarter_end_ms, quarter_of
 
 TARGETS: dict[str, Any] = {
     "expansion_rate_per_quarter": "0.10",  # at least
@@ -48,37 +47,6 @@ TARGETS: dict[str, Any] = {
     "conversion_rate": {"low": "0.20", "high": "0.30"},
     "nrr": {"healthy": "1.00", "top_quartile": "1.20"},  # above
 }
-
-
-def month_bounds(until: str, months: int) -> list[tuple[str, int]]:
-    """(month, start ms) of the `months` months ending with `until` ("2026-11"), then the
-    month after it (whose start is the window's end)."""
-    year, month = int(until[:4]), int(until[5:7])
-    index = year * 12 + month - 1 - (months - 1)
-    out = []
-    for i in range(index, index + months + 1):
-        y, m = divmod(i, 12)
-        out.append((f"{y:04d}-{m + 1:02d}", _ms(y, m + 1)))
-    return out
-
-
-def _ms(year: int, month: int) -> int:
-    return to_ms(datetime(year, month, 1, tzinfo=UTC))
-
-
-def quarter_of(ms: int) -> str:
-    d = utc(ms)
-    return f"{d.year:04d}-Q{(d.month - 1) // 3 + 1}"
-
-
-def _quarter_end(quarter: str) -> int:
-    year, q = int(quarter[:4]), int(quarter[-1])
-    return _ms(year + 1, 1) if q == 4 else _ms(year, 3 * q + 1)
-
-
-def _next_quarter(quarter: str) -> str:
-    year, q = int(quarter[:4]), int(quarter[-1])
-    return f"{year + 1:04d}-Q1" if q == 4 else f"{year:04d}-Q{q + 1}"
 
 
 @dataclass
@@ -267,10 +235,10 @@ class Scorecard:
             retained = []
             q = cohort
             while q <= last_q:
-                point = min(_quarter_end(q), self.end)
+                point = min(quarter_end_ms(q), self.end)
                 mrr = sum(a.mrr_at(point) for a, _ in members[cohort])
                 retained.append({"quarter": q, "mrr": self.money(mrr), "share": self.ratio(mrr, starting)})
-                q = _next_quarter(q)
+                q = next_quarter(q)
             out.append(
                 {
                     "cohort": cohort,
