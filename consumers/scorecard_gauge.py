@@ -7,7 +7,7 @@ account: the same SCAN and read that `metering scorecard` does, run by a daemon 
 `metering run` every METERING_SCORECARD_REFRESH (0 turns it off) with its own connection, off
 the batch loop. Every member of the group computes the same figures: a panel takes `max`.
 A failed refresh is logged and tried again at the next interval; the gauges keep their last
-values meanwhile.
+values meanwhile. The first refresh waits a minute (or the interval, if shorter) after start.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from rules.models import Catalog
 
 log = logging.getLogger("metering.scorecard")
 
+FIRST_REFRESH_S = 60.0  # seconds after start (or the interval, if shorter)
 FIGURES = {"starting": "starting_mrr", **{m: m for m in MOVEMENTS}, "ending": "ending_mrr"}
 
 
@@ -71,6 +72,10 @@ class ScorecardGauges:
 
     def _run(self) -> None:
         store: RedisStore | None = None
+        # Not while the service starts and joins its group: kafka-python 3.0.12 has been seen
+        # to stall in a join (heartbeats stop, the member is dropped), and the fault suite saw
+        # it more often with this thread refreshing at that moment.
+        self.stop.wait(min(self.interval, FIRST_REFRESH_S))
         while not self.stop.is_set():
             try:
                 store = store or RedisStore(self.settings)

@@ -16,7 +16,8 @@ from SPEC 2.2 and 7.3 and the README's decisions:
 - movements: 0 -> x is `new` the first time and `reactivation` after; up is `expansion`; down
   to x > 0 `contraction`; to 0 `churn`; no change, no movement;
 - a rise at time u converts each trigger of the account with at <= u <= at + window not yet
-  converted (the triggers all fired before any record was decided).
+  converted (the triggers all fired after the first `after` records were decided and before
+  the others: by default, before all of them).
 """
 
 from __future__ import annotations
@@ -93,12 +94,15 @@ def price(catalog: Catalog, rec: Sent) -> Decimal:
     return sum((half_up(x, CENT) for x in lines), Decimal(0))
 
 
-def decide(catalog: Catalog, records: Sequence[Sent], triggers: Sequence[Trig], window_ms: int) -> Expected:
-    """Every account's MRR history and every conversion, from the records in send order."""
+def decide(
+    catalog: Catalog, records: Sequence[Sent], triggers: Sequence[Trig], window_ms: int, after: int = 0
+) -> Expected:
+    """Every account's MRR history and every conversion, from the records in send order. The
+    triggers were recorded once the first `after` records were decided (those convert none)."""
     out = Expected()
-    by_account: dict[str, list[Sent]] = defaultdict(list)
-    for r in records:
-        by_account[r.account].append(r)
+    by_account: dict[str, list[tuple[int, Sent]]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by_account[r.account].append((i, r))
     fired: dict[str, list[Trig]] = defaultdict(list)
     for t in triggers:
         fired[t.account].append(t)
@@ -107,7 +111,7 @@ def decide(catalog: Catalog, records: Sequence[Sent], triggers: Sequence[Trig], 
         mrr, ever_paid, plan = Decimal(0), False, catalog.default_plan
         done: set[str] = set()
         history = out.histories[account]
-        for r in recs:
+        for i, r in recs:
             if kept_time is not None and r.time_ms < kept_time:
                 continue
             kept_time = r.time_ms
@@ -118,7 +122,7 @@ def decide(catalog: Catalog, records: Sequence[Sent], triggers: Sequence[Trig], 
                     kind = "reactivation" if ever_paid else "new"
                 else:
                     kind = {True: "expansion", False: "contraction"}[new_mrr > mrr] if new_mrr else "churn"
-                if new_mrr > mrr:
+                if new_mrr > mrr and i >= after:
                     for t in sorted(fired[account], key=lambda t: (t.at, t.id)):
                         if t.id not in done and t.at <= r.time_ms <= t.at + window_ms:
                             done.add(t.id)

@@ -460,9 +460,10 @@ def kinds(expected: dict[str, tuple[str, str]]) -> Counter[str]:
 # fired triggers (converting them), downgrades, cancellations and reactivations, records older
 # than the state (ignored), and byte-identical re-sends of records of both waves. Movements
 # and conversions are decided by the independent scorecard oracle (tests/scorecard_oracle.py)
-# over both waves in send order; a trigger's time is its mark's `at` (when the engine fired
-# it: every trigger of the scenario is within the last four weeks, so inside the 30-day window
-# of an upgrade dated `now`).
+# over both waves in send order. The first wave converts nothing: it was decided before any
+# trigger fired (a power user's trigger may well be dated before it). A trigger's time is its
+# mark's `at` (when the engine fired it: every trigger of the scenario is within the last four
+# weeks, so inside the 30-day window of an upgrade dated `now`).
 
 _LADDER = ("free", "starter", "pro", "business")
 
