@@ -19,6 +19,7 @@ from consumers.offsets import Committer
 from consumers.policy import Retry
 from consumers.publish import kind_of, publish
 from metering.core.calls import OutboxAck
+from metering.core.movements import MICRO
 from metering.core.plan import DeadLetter, RecordLike
 from metering.engine import Processor, SubscriptionOutcome, UsageOutcome
 from metering.metrics import Metrics
@@ -54,7 +55,8 @@ class Pipeline:
         subs = self.processor.subscriptions(accounts, self.retry)
         step = self.processor.usage(usage, now_ms, self.retry.settle, self.retry.settle)
         self._count(subs, step, now_ms)
-        self.publish(producer, step.outboxes, subs.dead + step.dead)
+        # an account's outbox as the usage step left it is the freshest (it ran after)
+        self.publish(producer, subs.outboxes | step.outboxes, subs.dead + step.dead)
         self.offsets.commit(consumer, records)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
 
@@ -85,8 +87,12 @@ class Pipeline:
 
     def _count(self, subs: SubscriptionOutcome, step: UsageOutcome, now_ms: int) -> None:
         m = self.metrics
-        m.account_updates.labels("applied").inc(subs.applied)
-        m.account_updates.labels("stale").inc(subs.stale)
+        for result, k in subs.results.items():
+            m.account_updates.labels(result).inc(k)
+        for movement, micro in subs.movements:
+            m.mrr_movement.labels(movement).inc(micro / MICRO)
+        for kind in subs.conversions:
+            m.conversions.labels(kind).inc()
         m.events_processed.inc(step.applied)
         m.events_deduplicated.labels("duplicate").inc(step.duplicates)
         m.events_deduplicated.labels("redelivered").inc(step.redelivered)

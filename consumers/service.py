@@ -60,7 +60,13 @@ class Service:
         limits = Limits(
             settings.max_event_bytes, delta_ms(settings.late_grace), delta_ms(settings.future_tolerance)
         )
-        self.processor = Processor(self._rules_for(catalog), self.store, limits, settings.max_event_bytes)
+        self.processor = Processor(
+            self._rules_for(catalog),
+            self.store,
+            limits,
+            settings.max_event_bytes,
+            delta_ms(settings.conversion_window),
+        )
         self.pipeline = Pipeline(settings, self.processor, self.retry, self.offsets, self.metrics, clock)
         self.last_progress = time.monotonic()
         self.consumer: GroupConsumer | None = None

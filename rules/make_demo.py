@@ -1,4 +1,5 @@
-"""Generate the demo input: rules/demo-accounts.jsonl and rules/demo-events.jsonl.
+"""Generate the demo input: rules/demo-accounts.jsonl, rules/demo-events.jsonl and
+rules/demo-upgrades.jsonl.
 
     python rules/make_demo.py [--now 2026-11-22T10:00:00Z] [--out rules]
 
@@ -34,14 +35,24 @@ accounts through EVERY trigger kind:
                       dip. acct-demo-free's 10,000 calls also pass through a forecast on the
                       way to 100% once the month is 3 days old.
 
+For the expansion scorecard (SPEC 7.3), demo-accounts.jsonl also holds 45 days of
+subscriptions of 24 customers (acct-demo-c01 ..): signups on every plan, monthly and annual,
+seats and add-ons, then upgrades, seat growth, downgrades, cancellations and reactivations.
+demo-upgrades.jsonl, sent once the events are processed, upgrades three of the trigger
+accounts at `--now`, after their triggers, which converts them (`expansion.converted`):
+acct-demo-free to starter, acct-demo-growth to business, acct-demo-spend adds
+premium_support; acct-demo-power and acct-demo-payments do not upgrade.
+
 Order matters for the subscriptions (a usage event is evaluated against the plan known when it
-is processed), so:
+is processed, and an upgrade converts the triggers recorded before it), so:
 
     deploy/local/up.sh && metering topics create --rules rules/example.yaml
     metering send rules/demo-accounts.jsonl --topic usage.accounts
     METERING_LATE_GRACE=0 METERING_RULES=rules/example.yaml metering run &   # reads the accounts
     metering send rules/demo-events.jsonl
     metering tail --rules rules/example.yaml --from-beginning
+    metering send rules/demo-upgrades.jsonl --topic usage.accounts          # after the triggers
+    metering scorecard --months 2
 
 Identity: event ids carry the generation time, so a regenerated file is counted afresh while
 re-sending the same file is deduplicated (SPEC 4.1). Only the standard library is used.
@@ -51,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -213,6 +225,66 @@ def events(now: datetime) -> list[dict[str, Any]]:
     return out
 
 
+# -- the expansion scorecard (SPEC 7.3) -----------------------------------------------------
+
+CUSTOMERS = 24
+LADDER = ("free", "starter", "pro", "business")
+
+
+def subscription_history(now: datetime) -> list[dict[str, Any]]:
+    """45 days of subscription records of acct-demo-c01 .. c24, in time order (seeded, so the
+    same `--now` gives the same file)."""
+    rng = random.Random(17)
+    b = Builder(now, "hist-" + now.strftime("%Y%m%d%H%M%S"))
+    out: list[tuple[datetime, dict[str, Any]]] = []
+    for i in range(1, CUSTOMERS + 1):
+        account = f"acct-demo-c{i:02d}"
+        t = now - timedelta(days=45 - 1.7 * i, hours=rng.randrange(0, 20))
+        plan = LADDER[1 + i % 3]
+        data: dict[str, Any] = {"plan": plan, "billing": "annual" if i % 5 == 0 else "monthly", "addons": []}
+        data["started_at"] = rfc3339(t)
+        out.append((t, b.event("subscription.updated", account, t, dict(data))))
+        for _ in range(rng.randrange(0, 3)):
+            t += timedelta(days=rng.randrange(3, 12), hours=rng.randrange(0, 20))
+            if t >= now - timedelta(hours=2):
+                break
+            roll = rng.random()
+            if roll < 0.4 and data["plan"] != "business":  # an upgrade
+                data["plan"] = LADDER[LADDER.index(data["plan"]) + 1]
+            elif roll < 0.55:  # seats beyond the included ones
+                data["seats"] = rng.randrange(12, 30)
+            elif roll < 0.65:
+                data["addons"] = ["premium_support"]
+            elif roll < 0.75 and data["plan"] != "starter":  # a downgrade
+                data["plan"] = LADDER[LADDER.index(data["plan"]) - 1]
+                data.pop("seats", None)
+            else:  # a cancellation, and for some a reactivation
+                out.append((t, b.event("subscription.canceled", account, t, {})))
+                if rng.random() < 0.5:
+                    break
+                t += timedelta(days=rng.randrange(2, 6))
+                if t >= now - timedelta(hours=2):
+                    break
+            out.append((t, b.event("subscription.updated", account, t, dict(data))))
+    return [doc for _, doc in sorted(out, key=lambda x: x[0])]
+
+
+def upgrades(now: datetime) -> list[dict[str, Any]]:
+    """Upgrades at `now`, after the demo's triggers: each converts its account's triggers."""
+    b = Builder(now, "up-" + now.strftime("%Y%m%d%H%M%S"))
+    started = rfc3339(now - timedelta(days=200))
+
+    def up(account: str, plan: str, **extra: Any) -> dict[str, Any]:
+        data = {"plan": plan, "billing": "monthly", "addons": [], "started_at": started} | extra
+        return b.event("subscription.updated", account, now, data)
+
+    return [
+        up(FREE, "starter"),
+        up(GROWTH, "business", started_at=rfc3339(now - timedelta(days=90))),
+        up(SPEND, "pro", spend_cap="200.00", addons=["premium_support"]),
+    ]
+
+
 def dump(records: list[dict[str, Any]], path: Path) -> None:
     with path.open("w", encoding="utf-8") as fh:
         for r in records:
@@ -222,8 +294,9 @@ def dump(records: list[dict[str, Any]], path: Path) -> None:
 def write_demo(now: datetime, out_dir: Path = HERE) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     acc, ev = out_dir / "demo-accounts.jsonl", out_dir / "demo-events.jsonl"
-    dump(accounts(now), acc)
+    dump(accounts(now) + subscription_history(now), acc)
     dump(events(now), ev)
+    dump(upgrades(now), out_dir / "demo-upgrades.jsonl")
     return acc, ev
 
 
@@ -234,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     now = parse_now(args.now) if args.now else datetime.now(UTC)
     acc, ev = write_demo(now.replace(microsecond=0), args.out)
-    print(f"wrote {acc} and {ev} (times relative to {rfc3339(now)}; run with METERING_LATE_GRACE=0)")
+    up = acc.with_name("demo-upgrades.jsonl")
+    print(f"wrote {acc}, {ev} and {up} (times relative to {rfc3339(now)}; run with METERING_LATE_GRACE=0)")
 
 
 if __name__ == "__main__":

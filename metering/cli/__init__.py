@@ -7,7 +7,7 @@ import importlib
 from metering.cli.app import app
 
 # Sub-command modules; a module that is not written yet is simply absent.
-_COMMANDS = ("quote", "rules_check", "topics", "run", "account", "send", "tail")
+_COMMANDS = ("quote", "rules_check", "topics", "run", "account", "send", "tail", "scorecard")
 
 
 def _register() -> None:

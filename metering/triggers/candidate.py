@@ -50,6 +50,8 @@ class Candidate:
             "time": format_rfc3339(self.time_ms),
             "at": self.time_ms,
             "seq": self.seq,
+            # where the trigger went: its conversion (SPEC 7.3) goes there too
+            "topic": self.topic,
         }
         if self.ends:
             mark["trigger_id"] = self.ends

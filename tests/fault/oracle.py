@@ -83,6 +83,7 @@ from rules.models import (
     TenureCondition,
     UsageThreshold,
 )
+from tests.scorecard_oracle import Sent, Trig
 from tests.workload import Oracle, event_data
 
 HOUR_MS = 3_600_000
@@ -720,3 +721,113 @@ def _composite_holds(
 def kinds(expected: Expected) -> Counter[str]:
     """Expected triggers by kind (the CloudEvent type's suffix)."""
     return Counter(kind.removeprefix("expansion.") for _, _, kind in expected.triggers.values())
+
+
+# -- subscriptions after the usage: MRR movements and conversions (SPEC 7.3) ------------------
+# A second wave of subscription records, sent once every usage event is processed (so the
+# plans the trigger oracle above assumed held for all of them): upgrades of accounts that
+# fired triggers (converting them), downgrades, cancellations and reactivations, records older
+# than the state (ignored), and byte-identical re-sends of records of both waves. Movements
+# and conversions are decided by the independent scorecard oracle (tests/scorecard_oracle.py)
+# over both waves in send order. The first wave converts nothing: it was decided before any
+# trigger fired (a power user's trigger may well be dated before it). A trigger's time is its
+# mark's `at` (when the engine fired it: every trigger of the scenario is within the last four
+# weeks, so inside the 30-day window of an upgrade dated `now`).
+
+_LADDER = ("free", "starter", "pro", "business")
+
+
+@dataclass
+class Wave:
+    records: list[tuple[bytes, bytes]]  # the second wave, in send order (re-sends included)
+    sent: list[Sent]  # both waves as the scorecard oracle reads them, in send order
+
+
+def as_sent(records: list[tuple[bytes, bytes]]) -> list[Sent]:
+    out = []
+    for _key, value in records:
+        doc = orjson.loads(value)
+        out.append(Sent(doc["subject"], doc["type"], _ms(doc["time"]), doc.get("data") or {}, doc["id"]))
+    return out
+
+
+def subscription_wave(catalog: Catalog, sc: Scenario, expected: Expected, seed: int) -> Wave:
+    rng = random.Random(seed)
+    t = sc.now_ms  # after every usage event of the scenario (and every trigger)
+    triggered = sorted({acct for acct, _, _ in expected.triggers.values()})
+    others = sorted(set(sc.touched) - set(triggered))
+    records: list[tuple[bytes, bytes]] = []
+    n = 0
+
+    def emit(acct: str, at: int, data: dict[str, Any] | None) -> None:
+        nonlocal n
+        n += 1
+        doc = {
+            "specversion": "1.0",
+            "id": f"wave-{n}",
+            "source": "billing",
+            "type": "subscription.updated" if data is not None else "subscription.canceled",
+            "subject": acct,
+            "time": format_rfc3339(at),
+            "data": data or {},
+        }
+        records.append((acct.encode(), orjson.dumps(doc)))
+
+    def data(acct: str, plan: str) -> dict[str, Any]:
+        sub = sc.subs.get(acct)
+        out: dict[str, Any] = {"plan": plan}
+        if sub is not None:
+            out |= {
+                "billing": sub.billing if catalog.plans[plan].price else "monthly",
+                "addons": list(sub.addons),
+            }
+            if sub.seats is not None:
+                out["seats"] = sub.seats
+        return out
+
+    def current(acct: str) -> str:
+        sub = sc.subs.get(acct)
+        return sub.plan if sub is not None else catalog.default_plan
+
+    for acct in triggered + rng.sample(others, min(150, len(others))):
+        plan, roll = current(acct), rng.random()
+        up = _LADDER[min(_LADDER.index(plan) + 1, 3)] if plan in _LADDER else "business"
+        raised = data(acct, up)
+        if up == plan:  # the top of the ladder: an add-on raises it
+            raised["addons"] = sorted({*raised.get("addons", []), "premium_support"})
+        if roll < 0.55:  # an upgrade: converts the account's triggers
+            emit(acct, t, raised)
+        elif roll < 0.65 and plan in _LADDER[1:]:  # a downgrade
+            emit(acct, t, data(acct, _LADDER[_LADDER.index(plan) - 1]))
+        elif roll < 0.75:  # a cancellation, and for some a reactivation a moment later
+            emit(acct, t, None)
+            if rng.random() < 0.5:
+                emit(acct, t + 1, raised)
+        elif roll < 0.8:  # older than the state kept: ignored
+            emit(acct, t - 10 * DAY_MS, raised)
+        if records and rng.random() < 0.1:
+            records.append(rng.choice(records))  # a re-send of this wave's record
+        if rng.random() < 0.05:
+            records.append(rng.choice(sc.subscriptions))  # a re-send of the first wave's
+    return Wave(records, as_sent(sc.subscriptions) + as_sent(records))
+
+
+def fired_triggers(
+    expected: Expected,
+    marks: dict[str, dict[str, str]],
+    default_topic: str,
+    milestones: str,
+) -> list[Trig]:
+    """The triggers an upgrade can convert, with the time their marks say they fired (for
+    days_since_trigger): each scope's last firing. A scope whose last mark is a recovery holds
+    no trigger any more, and a recovery itself offered nothing: neither converts."""
+    out = []
+    for (acct, scope), tid in expected.marks.items():
+        _, _, ctype = expected.triggers[tid]
+        if ctype == "expansion.recovered":
+            continue
+        kind = ctype.removeprefix("expansion.")
+        at = int(orjson.loads(marks[acct][scope])["at"])
+        topic = milestones if kind == "milestone" else default_topic
+        out.append(Trig(acct, tid, kind, scope.split(":")[1], at, topic))
+    return out
