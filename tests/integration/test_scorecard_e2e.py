@@ -250,7 +250,7 @@ def die(*args, **kwargs):
     # the subscription and its conversions are recorded (outbox included), nothing published
     os.kill(os.getpid(), signal.SIGKILL)
 
-service._publish = die
+service.pipeline.publish = die  # type: ignore[method-assign]
 service.run(max_idle_polls=150)
 """
 

@@ -73,7 +73,7 @@ class _Racing(RedisStore):
         views = super().read_subscriptions(reads)
         if not self.raced:
             self.raced = True
-            self.zombie._apply_subscriptions(self.records)
+            self.zombie.pipeline.subscriptions(self.records)
         return views
 
 
@@ -82,8 +82,9 @@ def test_a_member_raced_by_a_zombie_reads_again_and_moves_nothing_twice(settings
     records = [_record("acct-race", 1, T0, "starter"), _record("acct-race", 2, T0 + 1, "pro")]
     zombie = Service(settings, catalog)
     service = Service(settings, catalog)
-    service.store = _Racing(settings, zombie, records)
-    dead, outboxes = service._apply_subscriptions(records)
+    service.store = service.processor.store = _Racing(settings, zombie, records)
+    out = service.pipeline.subscriptions(records)
+    dead, outboxes = out.dead, out.outboxes
     assert dead == [] and outboxes == {"acct-race": []}
     assert service.store.raced
     # the zombie recorded both movements; our member, refused once, found both applied
@@ -103,7 +104,7 @@ def test_revenue_finds_every_account_id_and_only_this_prefix(settings: Settings,
     other = settings.model_copy(update={"key_prefix": settings.key_prefix + ":x"})
     for s in (settings, other):
         service = Service(s, catalog)
-        service._apply_subscriptions([_record(account, 1, T0, "pro")])
+        service.pipeline.subscriptions([_record(account, 1, T0, "pro")])
         service.store.close()
     store = RedisStore(settings)
     try:
