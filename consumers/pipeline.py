@@ -19,6 +19,7 @@ from consumers.offsets import Committer
 from consumers.policy import Retry
 from consumers.publish import kind_of, publish
 from metering.core.calls import OutboxAck
+from metering.core.movements import MICRO
 from metering.core.plan import DeadLetter, RecordLike
 from metering.engine import Processor, SubscriptionOutcome, UsageOutcome
 from metering.metrics import Metrics
@@ -51,12 +52,39 @@ class Pipeline:
         self.metrics.events_consumed.inc(len(usage))
         self.metrics.batch_size.observe(len(records))
 
-        subs = self.processor.subscriptions(accounts, self.retry)
-        step = self.processor.usage(usage, now_ms, self.retry.settle, self.retry.settle)
-        self._count(subs, step, now_ms)
-        self.publish(producer, step.outboxes, subs.dead + step.dead)
+        subs = self.subscriptions(accounts)
+        step = self.usage(usage, now_ms)
+        # an account's outbox as the usage step left it is the freshest (it ran after)
+        self.publish(producer, subs.outboxes | step.outboxes, subs.dead + step.dead)
         self.offsets.commit(consumer, records)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+
+    def subscriptions(self, records: Sequence[RecordLike]) -> SubscriptionOutcome:
+        """decode -> store: the subscription records of a batch, counted."""
+        subs = self.processor.subscriptions(records, self.retry)
+        m = self.metrics
+        for result, k in subs.results.items():
+            m.account_updates.labels(result).inc(k)
+        for movement, micro in subs.movements:
+            m.mrr_movement.labels(movement).inc(micro / MICRO)
+        for kind in subs.conversions:
+            m.conversions.labels(kind).inc()
+        return subs
+
+    def usage(self, records: Sequence[RecordLike], now_ms: int) -> UsageOutcome:
+        """decode -> meter -> store -> decide -> outbox: the usage events of a batch, counted."""
+        step = self.processor.usage(records, now_ms, self.retry.settle, self.retry.settle)
+        m = self.metrics
+        m.events_processed.inc(step.applied)
+        m.events_deduplicated.labels("duplicate").inc(step.duplicates)
+        m.events_deduplicated.labels("redelivered").inc(step.redelivered)
+        for t in step.lag_sample_ms:
+            m.event_lag.observe(max(0.0, (now_ms - t) / 1000))
+        for meter, n in step.missing.items():  # SPEC 2.1: counted events a meter skipped
+            m.meter_value_missing.labels(meter).inc(n)
+        if step.unmetered:
+            m.events_unmetered.inc(step.unmetered)
+        return step
 
     def publish(
         self, producer: Producer, outboxes: dict[str, list[bytes]], dead: Sequence[DeadLetter]
@@ -82,17 +110,3 @@ class Pipeline:
                 self.metrics.triggers_published.labels(kind_of(item)).inc()
         for d in dead:
             self.metrics.events_deadlettered.labels(d.reason).inc()
-
-    def _count(self, subs: SubscriptionOutcome, step: UsageOutcome, now_ms: int) -> None:
-        m = self.metrics
-        m.account_updates.labels("applied").inc(subs.applied)
-        m.account_updates.labels("stale").inc(subs.stale)
-        m.events_processed.inc(step.applied)
-        m.events_deduplicated.labels("duplicate").inc(step.duplicates)
-        m.events_deduplicated.labels("redelivered").inc(step.redelivered)
-        for t in step.lag_sample_ms:
-            m.event_lag.observe(max(0.0, (now_ms - t) / 1000))
-        for meter, n in step.missing.items():  # SPEC 2.1: counted events a meter skipped
-            m.meter_value_missing.labels(meter).inc(n)
-        if step.unmetered:
-            m.events_unmetered.inc(step.unmetered)

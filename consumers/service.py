@@ -31,6 +31,7 @@ from metering.errors import DEAD_LETTER_REASONS, RulesError
 from metering.metrics import Metrics
 from metering.settings import Settings
 from metering.store import RedisStore, Store
+from metering.triggers.registry import published_types
 from rules.loader import catalog_yaml, parse_catalog_text
 from rules.models import Catalog
 
@@ -59,7 +60,13 @@ class Service:
         limits = Limits(
             settings.max_event_bytes, delta_ms(settings.late_grace), delta_ms(settings.future_tolerance)
         )
-        self.processor = Processor(self._rules_for(catalog), self.store, limits, settings.max_event_bytes)
+        self.processor = Processor(
+            self._rules_for(catalog),
+            self.store,
+            limits,
+            settings.max_event_bytes,
+            delta_ms(settings.conversion_window),
+        )
         self.pipeline = Pipeline(settings, self.processor, self.retry, self.offsets, self.metrics, clock)
         self.last_progress = time.monotonic()
         self.consumer: GroupConsumer | None = None
@@ -217,7 +224,7 @@ class Service:
         rules = RunningRules(catalog, self.settings.topic_triggers)
         source = str(self.watcher.path if self.watcher else self.settings.rules or "")
         self.metrics.set_rules(catalog.version, source)
-        kinds = tuple(sorted({t.kind for t in catalog.triggers}))
+        kinds = tuple(published_types({t.kind for t in catalog.triggers}))
         self.metrics.touch(DEAD_LETTER_REASONS, kinds, rules.index.valued)
         return rules
 

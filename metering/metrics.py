@@ -1,9 +1,9 @@
 """Every Prometheus series of the service (SPEC 5.1), in one place.
 
-Conventions: `metering_` prefix, base units (seconds, records), `_total` counters, and
-labels of bounded cardinality only (reason, kind, script, topic, partition) — never an
-account id: accounts are unbounded. deploy/grafana and deploy/prometheus use exactly these
-names; renaming one here breaks a panel or an alert.
+Conventions: `metering_` prefix, base units (seconds, records, the currency's major unit),
+`_total` counters, and labels of bounded cardinality only (reason, kind, script, topic,
+partition, movement, figure) — never an account id: accounts are unbounded. deploy/grafana
+and deploy/prometheus use exactly these names; renaming one here breaks a panel or an alert.
 """
 
 from __future__ import annotations
@@ -62,6 +62,29 @@ class Metrics:
             "metering_triggers_published_total",
             "Expansion triggers acknowledged by Kafka.",
             ["kind"],
+            registry=r,
+        )
+        # SPEC 7.3: the expansion loop. Money in the catalog's currency (its major unit, the
+        # base unit of money here); movements by event time come from the store (the
+        # scorecard's figures), by processing time from this process.
+        self.conversions = Counter(
+            "metering_expansion_conversions_total",
+            "Triggers converted by an upgrade within the conversion window, once each, when recorded.",
+            ["kind"],
+            registry=r,
+        )
+        self.mrr_movement = Counter(
+            "metering_mrr_movement_total",
+            "MRR moved by the subscription records this process recorded, in the catalog currency "
+            "(a positive amount per movement: churn and contraction subtract).",
+            ["movement"],
+            registry=r,
+        )
+        self.mrr_month = Gauge(
+            "metering_mrr_month",
+            "The current UTC month's scorecard from the store, in the catalog currency: starting "
+            "and ending MRR and each movement so far (refreshed every METERING_SCORECARD_REFRESH).",
+            ["figure"],
             registry=r,
         )
         self.batch_size = Histogram(
@@ -136,8 +159,12 @@ class Metrics:
             self.triggers_published.labels(kind)
         for kind in ("duplicate", "redelivered"):
             self.events_deduplicated.labels(kind)
-        for result in ("applied", "stale"):
+        for result in ("applied", "stale", "redelivered"):
             self.account_updates.labels(result)
+        for kind in kinds:
+            self.conversions.labels(kind)
+        for movement in ("new", "expansion", "contraction", "churn", "reactivation"):
+            self.mrr_movement.labels(movement)
         for meter in meters:
             self.meter_value_missing.labels(meter)
         for reason in ("no_heartbeat", "stuck_rebalance"):  # consumers/liveness.py REASONS

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     dedup_window: Duration = timedelta(hours=24)
     late_grace: Duration = timedelta(hours=48)
     future_tolerance: Duration = timedelta(minutes=5)
+    # SPEC 7.3: an MRR increase this long after a trigger (by event time) converts it.
+    conversion_window: Duration = timedelta(days=30)
+    # How often `metering run` recomputes the current month's MRR gauges from the store (a
+    # SCAN of the key prefix, like `metering scorecard`); 0 turns it off.
+    scorecard_refresh: Duration = timedelta(minutes=5)
     http_port: int = Field(default=9400, ge=0, le=65535)
     http_host: str = "127.0.0.1"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -4,7 +4,10 @@ from rules.loader import load_catalog, parse_catalog
 from rules.models import (
     Addon,
     Catalog,
+    Composite,
+    Condition,
     FeatureRequest,
+    Forecast,
     Graduated,
     Meter,
     Milestone,
@@ -24,7 +27,10 @@ from rules.models import (
 __all__ = [
     "Addon",
     "Catalog",
+    "Composite",
+    "Condition",
     "FeatureRequest",
+    "Forecast",
     "Graduated",
     "Meter",
     "Milestone",

@@ -3,6 +3,9 @@
 "Paid public plans" are the plans with a list price above 0: a free plan (price 0)
 and custom-priced plans (price null) come on top and never count.
 
+After the SPEC's rules come the ones about trigger rules that are valid but can never fire
+(`forecast_without_limit`, `condition_without_limit`).
+
 The catalog knows nothing of the engine: the one rule that needs a priced bill
 (`volume_discount`) is given the pricing as a function (`metering.pricing.monthly_total`).
 """
@@ -13,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
-from rules.models import Catalog, Plan
+from rules.models import Catalog, Composite, Forecast, MeterCondition, Plan
 
 #: `(catalog, plan, meter, quantity) -> the plan's monthly total` with that quantity of the
 #: meter, no other usage, seats at the included count, no add-ons, monthly billing.
@@ -47,6 +50,8 @@ def lint(catalog: Catalog, monthly_total: MonthlyTotal) -> list[Finding]:
         _addon_count,
         _annual_discount,
         _upgrade_path,
+        _forecast_without_limit,
+        _condition_without_limit,
     )
     return [finding for rule in rules for finding in rule(catalog)]
 
@@ -176,3 +181,35 @@ def _dearer(other: Plan, plan: Plan) -> bool:
     if plan.price is None:
         return False
     return other.price is None or other.price > plan.price
+
+
+def _limited(catalog: Catalog, meter: str) -> bool:
+    return any(meter in plan.limits for plan in catalog.plans.values())
+
+
+def _forecast_without_limit(catalog: Catalog) -> Iterator[Finding]:
+    for index, rule in enumerate(catalog.triggers):
+        if not isinstance(rule, Forecast):
+            continue
+        for j, meter in enumerate(rule.meters):
+            if not _limited(catalog, meter):
+                yield Finding(
+                    "forecast_without_limit",
+                    f"triggers.{index}.meters.{j}",
+                    f"forecast {rule.id} projects {meter}, which no plan limits: a projection needs a "
+                    "limit to run out of, so it never fires",
+                )
+
+
+def _condition_without_limit(catalog: Catalog) -> Iterator[Finding]:
+    for index, rule in enumerate(catalog.triggers):
+        if not isinstance(rule, Composite):
+            continue
+        for j, condition in enumerate(rule.when):
+            if isinstance(condition, MeterCondition) and not _limited(catalog, condition.meter):
+                yield Finding(
+                    "condition_without_limit",
+                    f"triggers.{index}.when.{j}.meter",
+                    f"composite {rule.id} asks for {condition.percent}% of {condition.meter}, which no "
+                    "plan limits: the condition never holds, so the rule never fires",
+                )

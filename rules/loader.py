@@ -12,11 +12,14 @@ from pydantic_core import ErrorDetails
 
 from rules.checks import reference_problems
 from rules.errors import Problem, RulesError
-from rules.models import SKIP_REFERENCES, Catalog
+from rules.models import CONDITION_KEYS, SKIP_REFERENCES, Catalog
 
 #: Keys whose value selects the variant of a tagged union; pydantic puts that value
 #: into an error's location, which is not a path into the file.
 _DISCRIMINATORS = ("model", "kind")
+#: Tags of the unions told apart by their keys (a composite's conditions): also in an
+#: error's location, and no key of the file either.
+_TAGS = frozenset(CONDITION_KEYS.values())
 
 
 def load_catalog(path: str | Path) -> Catalog:
@@ -112,7 +115,7 @@ def _file_path(loc: tuple[int | str, ...], data: object) -> list[int | str]:
     node = data
     for part in loc:
         if isinstance(node, Mapping):
-            if part not in node and any(node.get(key) == part for key in _DISCRIMINATORS):
+            if part not in node and (part in _TAGS or any(node.get(key) == part for key in _DISCRIMINATORS)):
                 continue  # a tagged-union variant name, not a key
             path.append(part)
             node = node.get(part)

@@ -17,7 +17,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -142,20 +144,23 @@ class _Trigger(_Frozen):
     topic: Name | None = None
     cooldown_days: Annotated[int, Field(ge=0)] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _meter_shorthand(cls, data: Any) -> Any:
+        """For a kind with `meters`: `meter: M` means `meters: [M]`, `meters: M` a list of one."""
+        if "meters" not in cls.model_fields or not isinstance(data, dict):
+            return data
+        if "meter" in data and "meters" not in data:
+            data = {k: v for k, v in data.items() if k != "meter"} | {"meters": (data["meter"],)}
+        if isinstance(data.get("meters"), str):
+            data = data | {"meters": (data["meters"],)}
+        return data
+
 
 class UsageThreshold(_Trigger):
     kind: Literal["usage_threshold"]
     meters: Annotated[tuple[Name, ...], Field(min_length=1)]
     at: Annotated[tuple[Percent, ...], Field(min_length=1)] = (80, 100)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _meter_shorthand(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "meter" in data and "meters" not in data:
-            data = {k: v for k, v in data.items() if k != "meter"} | {"meters": (data["meter"],)}
-        if isinstance(data, dict) and isinstance(data.get("meters"), str):
-            data = data | {"meters": (data["meters"],)}
-        return data
 
 
 class PowerUser(_Trigger):
@@ -181,8 +186,95 @@ class SpendThreshold(_Trigger):
     at: Annotated[tuple[Percent, ...], Field(min_length=1)] = (80, 100)
 
 
+class Forecast(_Trigger):
+    """SPEC 7.1: a `count` or `sum` meter's period quantity, projected at its average daily
+    rate since the period start, reaches `at` % of the plan's limit within `within_days`
+    (evaluated once at least `min_days_elapsed` days of the period have passed)."""
+
+    kind: Literal["forecast"]
+    meters: Annotated[tuple[Name, ...], Field(min_length=1)]
+    at: Percent = 100
+    within_days: Annotated[int, Field(ge=1, le=366)] = 7
+    min_days_elapsed: Annotated[int, Field(ge=0, le=31)] = 3
+
+
+class MeterCondition(_Frozen):
+    """The period quantity of `meter` is at least `percent` % of the plan's limit for it."""
+
+    meter: Name
+    percent: Percent
+
+
+class BillingCondition(_Frozen):
+    billing: Literal["monthly", "annual"]
+
+
+class PlansCondition(_Frozen):
+    plans: Annotated[tuple[Name, ...], Field(min_length=1)]
+
+
+class TenureCondition(_Frozen):
+    min_tenure_days: Annotated[int, Field(ge=0)]
+
+
+class FiredCondition(_Frozen):
+    """The rule `fired` has fired for the account in the current period (or ever, for a
+    kind that fires once per account)."""
+
+    fired: Name
+
+
+#: A condition's shape is told by its key; the union's tags are not keys of the file (the
+#: loader drops them from error paths).
+CONDITION_KEYS: dict[str, str] = {
+    "meter": "meter_condition",
+    "billing": "billing_condition",
+    "plans": "plans_condition",
+    "min_tenure_days": "tenure_condition",
+    "fired": "fired_condition",
+}
+
+
+def _condition_tag(value: Any) -> str | None:
+    keys = value.keys() if isinstance(value, dict) else value.__class__.model_fields.keys()
+    for key, tag in CONDITION_KEYS.items():
+        if key in keys:
+            return tag
+    return None
+
+
+Condition = Annotated[
+    Annotated[MeterCondition, Tag("meter_condition")]
+    | Annotated[BillingCondition, Tag("billing_condition")]
+    | Annotated[PlansCondition, Tag("plans_condition")]
+    | Annotated[TenureCondition, Tag("tenure_condition")]
+    | Annotated[FiredCondition, Tag("fired_condition")],
+    Discriminator(
+        _condition_tag,
+        custom_error_type="condition_shape",
+        custom_error_message="a condition is one of {meter, percent}, {billing}, {plans}, "
+        "{min_tenure_days} or {fired}",
+    ),
+]
+
+
+class Composite(_Trigger):
+    """SPEC 7.1: fires when every condition of `when` holds."""
+
+    kind: Literal["composite"]
+    when: tuple[Condition, ...]
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        # Checked before the items, so that a list of bad conditions is not also "too short".
+        if isinstance(value, list | tuple) and not value:
+            raise ValueError("an empty `when` has nothing to hold: list at least one condition")
+        return value
+
+
 Trigger = Annotated[
-    UsageThreshold | PowerUser | FeatureRequest | Milestone | SpendThreshold,
+    UsageThreshold | PowerUser | FeatureRequest | Milestone | SpendThreshold | Forecast | Composite,
     Field(discriminator="kind"),
 ]
 

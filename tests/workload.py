@@ -90,6 +90,11 @@ class Oracle:
             hit("report_runs")
             self.values[(acct, per, "report_runs")] += 1
             self.lifetime[(acct, "report_runs")] += 1
+        elif t == "runway.used" and has("units", "runway"):
+            # a sum meter only the fault scenario's catalog defines (its forecasts project it)
+            hit("runway")
+            self.values[(acct, per, "runway")] += Decimal(str(data["units"]))
+            self.lifetime[(acct, "runway")] += Decimal(str(data["units"]))
 
     def accounts(self) -> set[str]:
         return {a for (a, _, _) in self.counts}

@@ -21,6 +21,7 @@ def run(
     """Consume usage events, aggregate them in Redis, publish expansion triggers."""
     from consumers.http import serve
     from consumers.reload import RulesWatcher
+    from consumers.scorecard_gauge import ScorecardGauges
     from consumers.service import Service
     from metering.errors import MeteringError
     from metering.metrics import Metrics
@@ -67,5 +68,6 @@ def run(
     # benchmark). The collection thresholds stay the defaults: the Kafka client's internals
     # are left to be collected as promptly as they expect.
     gc.freeze()
+    ScorecardGauges(settings, metrics, lambda: service.catalog, service.stop).start()
     service.run()
     server.shutdown()

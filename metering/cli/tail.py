@@ -49,6 +49,15 @@ def _offer(offer: object) -> str:
     return f" -> offer {kind} {offer[kind]}{price}"
 
 
+def _converted(data: Mapping[str, Any]) -> str:
+    """An `expansion.converted` event (SPEC 7.3): not a trigger kind, the end of one."""
+    return (
+        f"{data.get('kind')} {data.get('from_plan')} -> {data.get('to_plan')} "
+        f"+{data.get('mrr_delta')}/mo after {data.get('days_since_trigger')} d "
+        f"(converts {_short_id(data.get('trigger_id', '?'))})"
+    )
+
+
 def format_trigger(event: Mapping[str, Any]) -> str:
     """One readable line for a trigger CloudEvent (pure), e.g.
     `2026-11-03T10:15:00Z usage_threshold acct-42 limit-warn api_calls 8000/10000 (80%)
@@ -59,7 +68,7 @@ def format_trigger(event: Mapping[str, Any]) -> str:
     data = data if isinstance(data, Mapping) else {}
     account = event.get("subject") or data.get("account", "?")
     parts = [str(event.get("time", "?")), kind, str(account), str(data.get("rule", "?"))]
-    details = describe(kind, data)
+    details = _converted(data) if kind == "converted" else describe(kind, data)
     if details:
         parts.append(details)
     return " ".join(parts) + _offer(data.get("offer")) + f"  [{_short_id(event.get('id', '?'))}]"

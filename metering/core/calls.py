@@ -97,9 +97,68 @@ class OutboxAck(NamedTuple):
     first: bytes
 
 
-class SubscriptionUpdate(NamedTuple):
-    account: str
+# -- subscriptions and MRR (SPEC 2.2, 7.3) ------------------------------------------------------
+# A subscription record is decided in pure code (`metering.core.revenue.fold`) against what the
+# store read back, and written with a compare-and-set on the account's write version: the
+# state, offset watermarks, MRR, movements, conversions and their outbox entries in one
+# atomic step, refused whole if anyone wrote the account since the read.
+
+
+class SubscriptionRecord(NamedTuple):
+    """One decoded record of the accounts topic, as the service hands it to the fold."""
+
+    offset: int
+    wm_field: str  # "<topic>/<partition>": the offset watermark's field
     state: dict[str, str]  # the flat state (always with "time"): last by event time wins
+    mrr: int  # the state's MRR in micro-units, priced with the running catalog
+
+
+class SubscriptionRead(NamedTuple):
+    account: str
+    wm_fields: Sequence[str]  # watermark fields to read back
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionView:
+    """An account's subscription side as stored (all of it read in one atomic step)."""
+
+    account: str
+    state: dict[str, str]  # the stored subscription state, {} when none
+    version: int  # write version (0 = never written): the compare-and-set of the write
+    mrr: int  # micro-units
+    paid: bool  # had a paid MRR at some time (a later rise from 0 is a reactivation)
+    entries: int  # length of the MRR history
+    watermarks: dict[str, int]  # per requested field: last applied offset, -1 when none
+    marks: dict[str, str]  # every fired mark: scope field -> mark (JSON)
+    converted: frozenset[str]  # ids of the triggers already converted
+    outbox: list[bytes]  # the account's outbox entries not yet acknowledged
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionWrite:
+    account: str
+    expected: int  # the version read: refused if the account was written since
+    state: dict[str, str] | None  # the new subscription state; None = unchanged
+    watermarks: dict[str, int]  # field -> offset
+    mrr: int
+    paid: bool
+    movements: Sequence[str]  # MRR history entries to append (JSON)
+    conversions: dict[str, str]  # trigger id -> conversion record (JSON)
+    outbox: Sequence[str]  # "<topic>\n<CloudEvent JSON>" entries to append
+
+
+class SubscriptionWritten(NamedTuple):
+    applied: bool  # False: refused, the version had changed (read again and redo)
+    outbox: list[bytes]  # the account's whole outbox after the call
+
+
+class RevenueRecord(NamedTuple):
+    """What the scorecard reads of one account (SPEC 7.3)."""
+
+    account: str
+    movements: Sequence[Text]  # the MRR history, oldest first (JSON entries)
+    marks: Sequence[Text]  # fired marks (JSON)
+    conversions: Sequence[Text]  # conversion records (JSON)
 
 
 @dataclass(frozen=True)

@@ -63,3 +63,38 @@ def format_rfc3339(ms: int) -> str:
 
 def delta_ms(td: timedelta) -> int:
     return int(td.total_seconds() * 1000)
+
+
+# -- months and quarters of the expansion scorecard (SPEC 7.3) --------------------------------
+
+
+def month_start_ms(year: int, month: int) -> int:
+    return to_ms(datetime(year, month, 1, tzinfo=UTC))
+
+
+def month_bounds(until: str, months: int) -> list[tuple[str, int]]:
+    """(month, start ms) of the `months` months ending with `until` ("2026-11"), then the
+    month after it (whose start is the end of the last)."""
+    first = int(until[:4]) * 12 + int(until[5:7]) - 1 - (months - 1)
+    out = []
+    for i in range(first, first + months + 1):
+        y, m = divmod(i, 12)
+        out.append((f"{y:04d}-{m + 1:02d}", month_start_ms(y, m + 1)))
+    return out
+
+
+def quarter_of(ms: int) -> str:
+    """The calendar quarter holding `ms`: `2026-Q4` (strings of this shape sort in time order)."""
+    d = utc(ms)
+    return f"{d.year:04d}-Q{(d.month - 1) // 3 + 1}"
+
+
+def quarter_end_ms(quarter: str) -> int:
+    """The first instant after `quarter`."""
+    year, q = int(quarter[:4]), int(quarter[-1])
+    return month_start_ms(year + 1, 1) if q == 4 else month_start_ms(year, 3 * q + 1)
+
+
+def next_quarter(quarter: str) -> str:
+    year, q = int(quarter[:4]), int(quarter[-1])
+    return f"{year + 1:04d}-Q1" if q == 4 else f"{year:04d}-Q{q + 1}"

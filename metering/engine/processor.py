@@ -1,7 +1,8 @@
 """One batch of records through the engine, whatever carried them (Kafka for the service, a file
 for the backtest) and whatever keeps the state (any `Store`):
 
-  subscription records -> store (last by event time wins)
+  subscription records -> read back, decided in pure code (last by event time wins, MRR
+    movements, conversions of recent triggers) -> written with a compare-and-set
   usage events -> plan (pure) -> one apply call per (account, partition)
   -> trigger evaluation (pure) -> one fire call per account with candidates (marks + outbox)
 
@@ -29,9 +30,11 @@ from metering.core.calls import (
     FireCall,
     FireCandidate,
     FireResult,
-    SubscriptionUpdate,
+    SubscriptionRead,
+    SubscriptionRecord,
 )
 from metering.core.events import decode_event
+from metering.core.movements import to_micro
 from metering.core.periods import weeks_back
 from metering.core.plan import (
     SLICE_RECORDS,
@@ -44,10 +47,12 @@ from metering.core.plan import (
     plan_batch,
     skips,
 )
+from metering.core.revenue import fold
 from metering.core.state import build_state
 from metering.core.subscriptions import to_store
 from metering.engine.rules import RunningRules
-from metering.errors import BadEvent
+from metering.errors import BadEvent, StoreUnavailable
+from metering.pricing.mrr import monthly_recurring
 from metering.store import Pending, Store
 from metering.triggers import Candidate, items_for
 
@@ -74,35 +79,100 @@ class UsageOutcome:
     unmetered: int = 0
 
 
+#: Compare-and-set rounds of one batch's subscription writes before the batch is retried whole.
+CAS_ROUNDS = 5
+
+
 @dataclass
 class SubscriptionOutcome:
-    dead: list[DeadLetter]
-    applied: int
-    stale: int
+    """What one batch of subscription records did (counted when the write that recorded it
+    succeeded, so once per record, movement and conversion)."""
+
+    dead: list[DeadLetter] = field(default_factory=list)
+    outboxes: dict[str, list[bytes]] = field(default_factory=dict)  # account -> its whole outbox
+    results: Counter[str] = field(default_factory=Counter)  # applied / stale / redelivered
+    movements: list[tuple[str, int]] = field(default_factory=list)  # (movement, micro-units)
+    conversions: list[str] = field(default_factory=list)  # the converted triggers' kinds
 
 
 class Processor:
-    def __init__(self, rules: RunningRules, store: Store, limits: Limits, max_event_bytes: int) -> None:
+    def __init__(
+        self,
+        rules: RunningRules,
+        store: Store,
+        limits: Limits,
+        max_event_bytes: int,
+        conversion_window_ms: int,
+    ) -> None:
         self.rules = rules
         self.store = store
         self.limits = limits
         self.max_event_bytes = max_event_bytes
+        self.conversion_window_ms = conversion_window_ms
 
-    def subscriptions(self, records: Sequence[RecordLike], run: Run[list[bool]]) -> SubscriptionOutcome:
-        """Subscription records into the store (SPEC 2.2); malformed ones are dead letters."""
-        updates: list[SubscriptionUpdate] = []
-        dead: list[DeadLetter] = []
+    def subscriptions(self, records: Sequence[RecordLike], run: Run[None]) -> SubscriptionOutcome:
+        """Subscription records (SPEC 2.2) with their MRR movements and conversions (SPEC 7.3);
+        malformed ones are dead letters. The outcome's outboxes hold every touched account's
+        (its conversions, and any entry a crash left unpublished) to publish with the batch."""
+        catalog = self.rules.catalog
+        by_account: dict[str, list[SubscriptionRecord]] = {}
+        out = SubscriptionOutcome()
         for rec in records:
             try:
                 event = decode_event(rec.value, rec.headers, self.max_event_bytes)
-                updates.append(SubscriptionUpdate(event.account, to_store(event, self.rules.catalog)))
+                state = to_store(event, catalog)
+                mrr = to_micro(monthly_recurring(state, catalog))
             except BadEvent as exc:
-                dead.append(DeadLetter(rec, exc.reason, exc.detail))
-        applied = (
-            run("recording subscriptions", lambda: self.store.set_subscriptions(updates)) if updates else []
+                out.dead.append(DeadLetter(rec, exc.reason, exc.detail))
+                continue
+            record = SubscriptionRecord(rec.offset, f"{rec.topic}/{rec.partition}", state, mrr)
+            by_account.setdefault(event.account, []).append(record)
+        if by_account:
+            run("recording subscriptions", lambda: self._record_subscriptions(by_account, out))
+        return out
+
+    def _record_subscriptions(
+        self, by_account: dict[str, list[SubscriptionRecord]], out: SubscriptionOutcome
+    ) -> None:
+        """Read each account, decide its records (pure), write with a compare-and-set; an
+        account written by someone else since the read (a fenced member) is read and decided
+        again, and its records then find themselves applied (watermark). Accounts recorded
+        before a transient failure are recorded: a retry finds them applied."""
+        catalog, pending = self.rules.catalog, by_account
+        for _ in range(CAS_ROUNDS):
+            reads = [SubscriptionRead(a, sorted({r.wm_field for r in recs})) for a, recs in pending.items()]
+            views = self.store.read_subscriptions(reads)
+            folded = [
+                fold(
+                    view,
+                    pending[view.account],
+                    default_plan=catalog.default_plan,
+                    window_ms=self.conversion_window_ms,
+                    default_topic=self.rules.engine.default_topic,
+                    minor_unit=catalog.minor_unit,
+                )
+                for view in views
+            ]
+            written = iter(self.store.write_subscriptions([f.write for f in folded if f.write is not None]))
+            again: dict[str, list[SubscriptionRecord]] = {}
+            for view, f in zip(views, folded, strict=True):
+                if f.write is not None:
+                    applied, outbox = next(written)
+                    if not applied:
+                        again[f.account] = pending[f.account]
+                        continue
+                else:
+                    outbox = view.outbox
+                out.outboxes[f.account] = list(outbox)
+                out.results.update(f.results)
+                out.movements += [(m.kind, m.amount) for m in f.movements]
+                out.conversions += [c.kind for c in f.conversions]
+            if not again:
+                return
+            pending = again
+        raise StoreUnavailable(
+            f"{len(pending)} accounts' subscriptions kept changing under the compare-and-set"
         )
-        n = sum(applied)
-        return SubscriptionOutcome(dead, n, len(applied) - n)
 
     def usage(
         self,

@@ -14,7 +14,7 @@ Contract (each method's docstring says the rest):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Generic, TypeVar
 
 from metering.core.calls import (
@@ -23,8 +23,12 @@ from metering.core.calls import (
     FireCall,
     FireResult,
     OutboxAck,
+    RevenueRecord,
     StoredCatalog,
-    SubscriptionUpdate,
+    SubscriptionRead,
+    SubscriptionView,
+    SubscriptionWrite,
+    SubscriptionWritten,
 )
 
 T_co = TypeVar("T_co", covariant=True)
@@ -77,8 +81,19 @@ class Store(ABC):
         """Drop outbox entries Kafka acknowledged (only while the outbox still starts with them)."""
 
     @abstractmethod
-    def set_subscriptions(self, updates: Sequence[SubscriptionUpdate]) -> list[bool]:
-        """Store subscription states, last by event time wins; True where applied."""
+    def read_subscriptions(self, reads: Sequence[SubscriptionRead]) -> list[SubscriptionView]:
+        """Each account's subscription side (state, write version, MRR, watermarks, fired
+        marks, converted trigger ids, outbox), read in one atomic step per account."""
+
+    @abstractmethod
+    def write_subscriptions(self, writes: Sequence[SubscriptionWrite]) -> list[SubscriptionWritten]:
+        """Per write, all of it in one atomic step if the account's version is still the one
+        read (compare-and-set), else nothing; per write, the account's whole outbox after."""
+
+    @abstractmethod
+    def revenue(self) -> Iterator[RevenueRecord]:
+        """Every account with an MRR history or a fired trigger (SPEC 7.3: what the scorecard
+        aggregates), in no particular order; writes nothing."""
 
     @abstractmethod
     def save_catalog(self, catalog: StoredCatalog) -> None:

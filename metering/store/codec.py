@@ -28,7 +28,11 @@ from metering.core.calls import (
     FireResult,
     OutboxAck,
     PeriodReply,
-    SubscriptionUpdate,
+    RevenueRecord,
+    SubscriptionRead,
+    SubscriptionView,
+    SubscriptionWrite,
+    SubscriptionWritten,
     WeeksReply,
 )
 from metering.core.meters import OP
@@ -36,7 +40,7 @@ from metering.store import keys
 
 Args = tuple[list[str], list[Any]]  # (KEYS, ARGV) of one script call
 
-SCRIPTS = ("apply", "fire", "subscription", "outbox_ack")
+SCRIPTS = ("apply", "fire", "subscription_read", "subscription", "outbox_ack", "revenue")
 
 
 def _lua_table(name: str, items: dict[str, str]) -> str:
@@ -112,7 +116,7 @@ def parse_apply(raw: Sequence[Any]) -> list[ApplyResult]:
     return out
 
 
-# -- fire, outbox, subscriptions -----------------------------------------------------------
+# -- fire, outbox ----------------------------------------------------------------------------
 
 
 def fire_args(base: str, call: FireCall) -> Args:
@@ -130,14 +134,73 @@ def outbox_ack_args(base: str, ack: OutboxAck) -> Args:
     return [base + keys.OUTBOX], [ack.n, ack.first]
 
 
-def subscription_args(base: str, update: SubscriptionUpdate) -> Args:
-    """KEYS: the subscription hash; ARGV: its event time, then field, value, ... of the state."""
-    flat: list[Any] = [update.state["time"]]
-    for k, v in update.state.items():
-        flat += [k, v]
-    return [base + keys.SUB], flat
+# -- subscriptions (SPEC 2.2, 7.3): read, decide in Python, compare-and-set write --------------
 
 
-def parse_subscription(raw: Sequence[Any]) -> list[bool]:
-    """Replies of subscription.lua: 1 applied, 0 older than the stored state."""
-    return [bool(int(x)) for x in raw]
+def _flat(raw: Sequence[Any]) -> dict[str, str]:
+    return {_text(raw[i]): _text(raw[i + 1]) for i in range(0, len(raw), 2)}
+
+
+def subscription_read_args(base: str, read: SubscriptionRead) -> Args:
+    """ARGV: base, then the watermark fields to read."""
+    return [base + keys.SUB], [base, *read.wm_fields]
+
+
+def parse_subscription_read(reads: Sequence[SubscriptionRead], raw: Sequence[Any]) -> list[SubscriptionView]:
+    """Replies of subscription_read.lua: {sub, mrr, watermarks, history length, fired,
+    converted ids, outbox} per call."""
+    out = []
+    for read, (sub, mrr, wms, entries, fired, converted, outbox) in zip(reads, raw, strict=True):
+        m = _flat(mrr)
+        out.append(
+            SubscriptionView(
+                read.account,
+                _flat(sub),
+                int(m.get("v", "0")),
+                int(m.get("mrr", "0")),
+                m.get("paid") == "1",
+                int(entries),
+                {
+                    f: int(_text(w)) if w not in (b"", "") else -1
+                    for f, w in zip(read.wm_fields, wms, strict=True)
+                },
+                _flat(fired),
+                frozenset(_text(c) for c in converted),
+                list(outbox),
+            )
+        )
+    return out
+
+
+def subscription_write_args(base: str, write: SubscriptionWrite) -> Args:
+    """ARGV: base, the version read, the new version, then the JSON of subscription.lua."""
+    doc = {
+        "state": [x for kv in (write.state or {}).items() for x in kv],
+        "wm": [x for f, off in write.watermarks.items() for x in (f, str(off))],
+        "mrr": str(write.mrr),
+        "paid": "1" if write.paid else "0",
+        "mh": list(write.movements),
+        "cv": [x for kv in write.conversions.items() for x in kv],
+        "ob": list(write.outbox),
+    }
+    return [base + keys.SUB], [base, str(write.expected), str(write.expected + 1), orjson.dumps(doc)]
+
+
+def parse_subscription_write(raw: Sequence[Any]) -> list[SubscriptionWritten]:
+    """Replies of subscription.lua: {1 written | 0 refused, whole outbox} per call."""
+    return [SubscriptionWritten(bool(int(ok)), list(outbox)) for ok, outbox in raw]
+
+
+# -- the scorecard's read ------------------------------------------------------------------
+
+
+def revenue_args(base: str) -> Args:
+    return [base + keys.SUB], [base]
+
+
+def parse_revenue(accounts: Sequence[str], raw: Sequence[Any]) -> list[RevenueRecord]:
+    """Replies of revenue.lua: {history, fired marks, conversions} per account."""
+    return [
+        RevenueRecord(account, list(history), list(marks), list(convs))
+        for account, (history, marks, convs) in zip(accounts, raw, strict=True)
+    ]

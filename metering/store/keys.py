@@ -13,12 +13,22 @@ escaped (`%`, `{`, `}`) so a hostile id cannot move its keys to different slots.
 
 from __future__ import annotations
 
+import re
 from types import MappingProxyType
 from typing import Final
 
 
 def escape_account(account: str) -> str:
     return account.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+_ESCAPED = re.compile(r"%(25|7B|7D)")
+_UNESCAPE = {"25": "%", "7B": "{", "7D": "}"}
+
+
+def unescape_account(escaped: str) -> str:
+    """The inverse of `escape_account` (one left-to-right pass, so `%257B` is `%7B`)."""
+    return _ESCAPED.sub(lambda m: _UNESCAPE[m.group(1)], escaped)
 
 
 def account_base(prefix: str, account: str) -> str:
@@ -32,6 +42,9 @@ WATERMARK: Final = "wm"  # hash: <topic>/<partition> -> last applied offset
 LIFE: Final = "life"  # hash: meter -> lifetime total
 FIRED: Final = "fired"  # hash: trigger scope -> fired mark (JSON)
 OUTBOX: Final = "ob"  # list: triggers recorded but not yet acknowledged by Kafka
+MRR: Final = "mrr"  # hash: v (write version), mrr (micro-units), paid ("1" once ever paid)
+HISTORY: Final = "mh"  # list: the account's MRR movements (JSON), oldest first (SPEC 7.3)
+CONVERTED: Final = "cv"  # hash: trigger id -> its conversion (JSON), at most one per trigger
 # Prefixes of keys with a variable part (base .. prefix .. part).
 PERIOD: Final = "p:"  # hash per billing period: <meter>:v value, <meter>:n events, <meter>:t time
 UNIQUE: Final = "u:"  # set per unique_count meter and period: u:<meter>:<period>
@@ -46,12 +59,33 @@ LUA: Final = MappingProxyType(
         "life": LIFE,
         "fired": FIRED,
         "outbox": OUTBOX,
+        "mrr": MRR,
+        "history": HISTORY,
+        "converted": CONVERTED,
         "period": PERIOD,
         "unique": UNIQUE,
         "weeks": WEEKS,
         "dedup": DEDUP,
     }
 )
+
+
+def account_of_key(prefix: str, key: str, suffix: str) -> str | None:
+    """The account of `<prefix>:{<escaped account>}:<suffix>`, or None for any other key (a
+    SCAN pattern also matches longer prefixes and keys whose tag holds more braces)."""
+    head, tail = f"{prefix}:{{", f"}}:{suffix}"
+    if not (key.startswith(head) and key.endswith(tail)):
+        return None
+    middle = key[len(head) : len(key) - len(tail)]
+    if not middle or "{" in middle or "}" in middle:
+        return None
+    return unescape_account(middle)
+
+
+def scan_pattern(prefix: str, suffix: str) -> str:
+    """A SCAN MATCH pattern for one per-account key suffix under `prefix` (the prefix holds no
+    glob characters: settings allow letters, digits and `_.:-` only)."""
+    return f"{prefix}:{{*}}:{suffix}"
 
 
 def catalog_key(prefix: str) -> str:

@@ -7,7 +7,7 @@ become the project's in `errors.py`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 import redis
@@ -19,8 +19,12 @@ from metering.core.calls import (
     FireCall,
     FireResult,
     OutboxAck,
+    RevenueRecord,
     StoredCatalog,
-    SubscriptionUpdate,
+    SubscriptionRead,
+    SubscriptionView,
+    SubscriptionWrite,
+    SubscriptionWritten,
 )
 from metering.metrics import Metrics
 from metering.settings import Settings
@@ -30,6 +34,7 @@ from metering.store.errors import mapped
 from metering.store.pipe import ArgsOf, Client, Pipe, Sent
 
 T = TypeVar("T")
+_READ_CHUNK = 500  # accounts per pipelined read of the scorecard
 
 
 def connect(settings: Settings) -> Client:
@@ -116,13 +121,58 @@ class RedisStore(Store):
             "outbox_ack", acks, lambda a: codec.outbox_ack_args(self.base(a.account), a), list
         ).result()
 
-    def set_subscriptions(self, updates: Sequence[SubscriptionUpdate]) -> list[bool]:
+    def read_subscriptions(self, reads: Sequence[SubscriptionRead]) -> list[SubscriptionView]:
+        return self._send(
+            "subscription_read",
+            reads,
+            lambda r: codec.subscription_read_args(self.base(r.account), r),
+            lambda raw: codec.parse_subscription_read(reads, raw),
+        ).result()
+
+    def write_subscriptions(self, writes: Sequence[SubscriptionWrite]) -> list[SubscriptionWritten]:
         return self._send(
             "subscription",
-            updates,
-            lambda u: codec.subscription_args(self.base(u.account), u),
-            codec.parse_subscription,
+            writes,
+            lambda w: codec.subscription_write_args(self.base(w.account), w),
+            codec.parse_subscription_write,
         ).result()
+
+    def revenue(self) -> Iterator[RevenueRecord]:
+        accounts: set[str] = set()
+        for suffix in (keys.HISTORY, keys.FIRED):
+            accounts.update(self._accounts_with(suffix))
+        chunk: list[str] = []
+        for account in sorted(accounts):
+            chunk.append(account)
+            if len(chunk) >= _READ_CHUNK:
+                yield from self._revenue(chunk)
+                chunk = []
+        if chunk:
+            yield from self._revenue(chunk)
+
+    def _revenue(self, accounts: list[str]) -> list[RevenueRecord]:
+        return self._send(
+            "revenue",
+            accounts,
+            lambda a: codec.revenue_args(self.base(a)),
+            lambda raw: codec.parse_revenue(accounts, raw),
+        ).result()
+
+    def _accounts_with(self, suffix: str) -> Iterator[str]:
+        """Accounts that have a key with `suffix`: SCAN on a single server, on every master
+        of a cluster (each holds its own slots)."""
+        pattern = keys.scan_pattern(self.prefix, suffix)
+        with mapped():
+            if isinstance(self.r, redis.cluster.RedisCluster):
+                found = self.r.scan_iter(
+                    match=pattern, count=1000, target_nodes=redis.cluster.RedisCluster.PRIMARIES
+                )
+            else:
+                found = self.r.scan_iter(match=pattern, count=1000)
+            for key in found:
+                account = keys.account_of_key(self.prefix, key.decode("utf-8", "surrogateescape"), suffix)
+                if account is not None:
+                    yield account
 
     def save_catalog(self, catalog: StoredCatalog) -> None:
         mapping = {

@@ -1,6 +1,7 @@
 """What every trigger kind evaluates against: the batch's non-duplicate events (`Item`), the
-account's state after the batch, the offers of the catalog, and the helpers kinds share
-(`Ctx.candidate`, `Ctx.repeatable`, `crossing`). Pure.
+account's state after the batch, the offers of the catalog, what has fired (`Ctx.fired`),
+and the helpers kinds share (`Ctx.candidate`, `Ctx.repeatable`, `Ctx.recovery`, `crossing`).
+Pure.
 
 Evaluation is level-based: a condition is checked against the current aggregates, not the
 batch's increments. So a batch replayed after a crash — whose events the store skips as
@@ -13,16 +14,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 from typing import NamedTuple
 
 from metering.core.calls import APPLIED, DUPLICATE
 from metering.core.events import Event
 from metering.core.meters import from_micro
+from metering.core.periods import DAY_MS, period_of, period_start_ms
 from metering.core.plan import AccountBatch
 from metering.core.state import AccountState
 from metering.pricing import offer_for_limit, offer_upgrade
 from metering.pricing.offers import Offer
-from metering.triggers.candidate import Candidate, cooldown_next, trigger_id
+from metering.triggers.candidate import Candidate, cooldown_next, recovery_id, trigger_id
 from rules.models import Catalog
 
 
@@ -75,8 +78,19 @@ def _offer(offer: Offer | None) -> dict[str, object] | None:
     return offer.to_json() if offer else None
 
 
+@lru_cache(maxsize=4096)
+def _calendar(day: int) -> tuple[str, int]:
+    """(billing period, its start in ms) of a UTC day: both are functions of the day."""
+    ms = day * DAY_MS
+    return period_of(ms), period_start_ms(ms)
+
+
 def _never(_field: str) -> bool:
     return False
+
+
+def _none(_rule: str, _period: str) -> str | None:
+    return None
 
 
 @dataclass(slots=True)
@@ -88,8 +102,33 @@ class Ctx:
     offers: Offers
     # True for a once-only scope known to have fired already: skipped before any work.
     known: Callable[[str], bool] = _never
+    # fired(rule id, period): the id of a trigger that shows the rule has fired for the
+    # account in the period (or ever, for a once-per-account kind), recorded before this
+    # batch or found earlier in this very evaluation; None if it has not. Answers only for
+    # the rules some rule waits for (`Kind.waits_for`): those are read back and run first.
+    fired: Callable[[str, str], str | None] = _none
+    final: bool = False  # the rule's kind's `final`: the default of its candidates
 
     _touched: dict[str, set[str]] = field(default_factory=dict, init=False, repr=False)
+    _now: int | None = field(default=None, init=False, repr=False)
+
+    @property
+    def now(self) -> int:
+        """The batch's "now" (SPEC 7.1): the time of its newest event, never the wall clock,
+        so a replay of the same events decides the same."""
+        if self._now is None:
+            self._now = max(i.event.time_ms for i in self.items)
+        return self._now
+
+    @property
+    def period(self) -> str:
+        """The billing period holding `now`."""
+        return _calendar(self.now // DAY_MS)[0]
+
+    @property
+    def period_start(self) -> int:
+        """The start of `period`, in ms."""
+        return _calendar(self.now // DAY_MS)[1]
 
     def touched(self, period: str) -> set[str]:
         """Meters that this batch's events matched in `period` (worked out once per batch)."""
@@ -107,7 +146,9 @@ class Ctx:
         return self.state.subscription.plan
 
     def latest(self, meter: str | None = None, period: str | None = None) -> int:
-        """Time of the newest batch event (matching the meter / period when given)."""
+        """Time of the newest batch event (matching the meter / period when given). Without
+        either it is the batch's "now" (SPEC 7.1): an event time, never the wall clock, so a
+        replay decides the same."""
         times = [
             i.event.time_ms
             for i in self.items
@@ -124,6 +165,7 @@ class Ctx:
         data: dict[str, object],
         expected: str = "",
         seq: int = 1,
+        final: bool | None = None,
     ) -> Candidate:
         return Candidate(
             kind,
@@ -135,6 +177,26 @@ class Ctx:
             self.topic,
             time_ms,
             {"rule": rule, "account": self.account, "plan": self.plan} | data,
+            self.final if final is None else final,
+        )
+
+    def recovery(
+        self, rule: str, field: str, time_ms: int, data: dict[str, object], expected: str, seq: int, ends: str
+    ) -> Candidate:
+        """`expansion.recovered` for firing `seq` of a scope (the trigger `ends`): recorded by
+        compare-and-set on the scope's mark as the caller saw it (`expected`), so at most once."""
+        return Candidate(
+            "recovered",
+            rule,
+            field,
+            expected,
+            seq,
+            recovery_id(self.account, field, seq),
+            self.topic,
+            time_ms,
+            {"rule": rule, "account": self.account, "plan": self.plan, "trigger_id": ends} | data,
+            False,
+            ends,
         )
 
     def repeatable(

@@ -30,26 +30,41 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 from kafka import KafkaProducer
 
 from consumers.topics import ensure_topics
-from metering.core.periods import format_rfc3339
+from metering.core.movements import Movement
+from metering.core.periods import format_rfc3339, parse_rfc3339, period_of
 from metering.errors import DEAD_LETTER_REASONS
+from metering.reports.scorecard import build_scorecard
 from metering.settings import Settings
 from metering.store import RedisStore
 from rules.loader import load_catalog
+from rules.models import Catalog
 from tests.fault.checks import check_fired_marks, check_published_triggers
 from tests.fault.conftest import Infra, report, wait_topic_committed
-from tests.fault.oracle import Scenario, build, expected_triggers, kinds
+from tests.fault.oracle import (
+    Expected,
+    Scenario,
+    Wave,
+    build,
+    expected_triggers,
+    fault_rules,
+    fired_triggers,
+    kinds,
+    subscription_wave,
+)
 from tests.kafka_util import read_all
 from tests.pipeline_util import committed, end_offsets, isolated_settings, start_run
+from tests.scorecard_oracle import decide, scorecard
 from tests.workload import mismatches
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,7 +178,10 @@ class Consumers:
 @pytest.fixture
 def consumers(fault_infra: Infra, tmp_path: Path) -> Iterator[Consumers]:
     tag = "g" + os.urandom(4).hex()
-    c = Consumers(fault_settings(fault_infra, tag), tmp_path)
+    # The example catalog, its forecasts moved to a meter of the scenario's own (oracle.py).
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(fault_rules(yaml.safe_load(RULES.read_text())), sort_keys=False))
+    c = Consumers(fault_settings(fault_infra, tag, rules=rules), tmp_path)
     try:
         yield c
     finally:
@@ -183,12 +201,14 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
 ) -> None:
     t_start = time.monotonic()
     s = consumers.settings
-    catalog = load_catalog(RULES)
+    assert s.rules is not None
+    catalog = load_catalog(s.rules)
     seed = int(os.environ.get("METERING_FAULT_SEED", str(random.randrange(1, 10**6))))
     rng = random.Random(seed)
     sc: Scenario = build(catalog, int(time.time() * 1000), seed=seed % 1000)
-    expected = expected_triggers(catalog, sc)
-    want_kinds = kinds(expected)
+    oracle = expected_triggers(catalog, sc)
+    expected = oracle.triggers
+    want_kinds = kinds(oracle)
     distinct = len(sc.aggregates.seen)
     report(
         f"SCENARIO seed {seed}: {n(len(sc.events))} events ({n(distinct)} distinct, "
@@ -203,6 +223,9 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
         "feature_request",
         "milestone",
         "spend_threshold",
+        "forecast",
+        "composite",
+        "recovered",
     }
 
     ensure_topics(s, [MILESTONES])
@@ -375,6 +398,8 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
     alive = consumers.alive()
     assert all(alive.values()), f"a consumer died on its own: {alive}"
     assert fenced, "a frozen consumer resumed mid-batch and was refused its stale commit"
+    wave = subscription_wave(catalog, sc, oracle, seed)
+    subscription_wave_with_a_kill(consumers, wave, rng)
     consumers.stop_all()
 
     # -- invariants ---------------------------------------------------------------------------
@@ -391,16 +416,21 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
             f"{n(distinct)} distinct events counted once, {n(sc.duplicates)} duplicates not counted"
         )
 
-        copies, again = check_published_triggers(s.kafka_bootstrap, [s.topic_triggers, MILESTONES], expected)
+        copies, again = check_published_triggers(
+            s.kafka_bootstrap,
+            [s.topic_triggers, MILESTONES],
+            expected,
+            ignore=("expansion.converted",),  # the subscription wave's: check_movements_and_conversions
+        )
         report(
             f"CHECK triggers: {n(len(expected))} ids published = the oracle's "
             f"({', '.join(f'{k} {n(v)}' for k, v in sorted(want_kinds.items()))}); {n(copies)} copies, "
-            f"{n(again)} re-published after faults with the same id and bytes"
+            f"{n(again)} re-published after faults with the same id and bytes; each id's type checked"
         )
-        marks = check_fired_marks(store, sc.touched, expected)
+        marks, rearmed = check_fired_marks(store, sc.touched, oracle.marks)
         report(
-            f"CHECK fired marks: {n(marks)} in Redis = the oracle's; "
-            f"outbox empty for {n(len(sc.touched))} accounts"
+            f"CHECK fired marks: {n(marks)} in Redis = the oracle's (each scope's last firing "
+            f"or recovery; {rearmed} past their first); outbox empty for {n(len(sc.touched))} accounts"
         )
     finally:
         store.close()
@@ -419,9 +449,104 @@ def test_exact_totals_triggers_and_dead_letters_across_every_fault(
         f"each with its reason ({', '.join(f'{k} {v}' for k, v in sorted(Counter(got.values()).items()))}); "
         f"{n(len(dead))} copies"
     )
+    check_movements_and_conversions(s, catalog, sc, oracle, wave)
     assert consumers.kills >= 5
     report(
         f"TIME fault scenario {time.monotonic() - t_start:.0f} s (checks {time.monotonic() - t_done:.0f} s)"
+    )
+
+
+# -- subscriptions after the usage: MRR movements and conversions (SPEC 7.3) ------------------
+
+
+def subscription_wave_with_a_kill(consumers: Consumers, wave: Wave, rng: random.Random) -> None:
+    """The second wave of subscription records, with the consumer SIGKILLed while it records
+    the first half (whatever it had not committed is redelivered to its successor)."""
+    s = consumers.settings
+    half = len(wave.records) // 2
+    send(s.kafka_bootstrap, s.topic_accounts, wave.records[:half])
+    time.sleep(rng.uniform(0.05, 0.6))
+    where = committed_total(s, s.topic_accounts)
+    pid = consumers.sigkill("A")
+    consumers.start("A")
+    send(s.kafka_bootstrap, s.topic_accounts, wave.records[half:])
+    wait_topic_committed(s, s.topic_accounts, timeout=180)
+    report(
+        f"FAULT sigkill consumer #{consumers.kills} (A, pid {pid}) while it recorded a wave of "
+        f"{n(len(wave.records))} subscription records (upgrades after triggers, downgrades, "
+        f"cancellations, reactivations, stale records, re-sends) at {n(where)} accounts-topic "
+        f"records committed"
+    )
+
+
+def check_movements_and_conversions(
+    s: Settings, catalog: Catalog, sc: Scenario, expected: Expected, wave: Wave
+) -> None:
+    """Every account's MRR movements, the expansion.converted events and the scorecard equal
+    the scorecard oracle's, decided over both waves of subscription records in send order."""
+    window = int(s.conversion_window.total_seconds() * 1000)
+    store = RedisStore(s)
+    try:
+        marks = {acct: store.fired(acct) for acct in {a for a, _ in expected.marks}}
+        trigs = fired_triggers(expected, marks, s.topic_triggers, MILESTONES)
+        # the first wave was decided before any usage event, so before any trigger fired
+        want = decide(catalog, wave.sent, trigs, window, after=len(sc.subscriptions))
+        records = list(store.revenue())
+        until = period_of(sc.now_ms)
+        card = build_scorecard(
+            records, until=until, months=3, currency=catalog.currency, minor_unit=catalog.minor_unit
+        )
+    finally:
+        store.close()
+    stored = {r.account: [Movement.from_json(m) for m in r.movements] for r in records if r.movements}
+    got = {
+        a: [(m.time_ms, m.kind, m.amount, m.mrr, m.from_plan, m.to_plan) for m in ms]
+        for a, ms in stored.items()
+    }
+    micro = 10**6
+    oracle = {
+        a: [(c.t, c.kind, int(c.amount * micro), int(c.after * micro), c.from_plan, c.to_plan) for c in h]
+        for a, h in want.histories.items()
+        if h
+    }
+    bad = [a for a in sorted(set(got) | set(oracle)) if got.get(a) != oracle.get(a)]
+    assert not bad, [(a, got.get(a), oracle.get(a)) for a in bad[:3]]
+    moves = ", ".join(
+        f"{k} {n(v)}" for k, v in sorted(Counter(c[1] for h in oracle.values() for c in h).items())
+    )
+    report(
+        f"CHECK MRR movements: {n(len(oracle))} accounts' histories = the scorecard oracle's over "
+        f"{n(len(wave.sent))} subscription records ({moves})"
+    )
+
+    copies: dict[str, set[bytes]] = defaultdict(set)
+    seen: dict[str, dict[str, object]] = {}
+    for topic in (s.topic_triggers, MILESTONES):
+        for r in read_all(s.kafka_bootstrap, topic):
+            doc = orjson.loads(r.value)  # type: ignore[attr-defined]
+            if doc["type"] == "expansion.converted":
+                copies[doc["id"]].add(r.value)  # type: ignore[attr-defined]
+                seen[doc["data"]["trigger_id"]] = {
+                    "topic": topic,
+                    "subject": doc["subject"],
+                    "time_ms": parse_rfc3339(doc["time"]),
+                    "data": doc["data"],
+                }
+    wrong = [t for t in sorted(set(seen) | set(want.converted)) if seen.get(t) != want.converted.get(t)]
+    assert not wrong, [(t, "published", seen.get(t), "oracle", want.converted.get(t)) for t in wrong[:3]]
+    assert len(copies) == len(seen) and all(len(v) == 1 for v in copies.values())
+    by_kind = Counter(str(c["data"]["kind"]) for c in want.converted.values())  # type: ignore[index]
+    report(
+        f"CHECK conversions: {n(len(seen))} expansion.converted ids = the oracle's "
+        f"({', '.join(f'{k} {n(v)}' for k, v in sorted(by_kind.items()))}), each on its trigger's topic, "
+        f"every copy the same bytes"
+    )
+    assert card == scorecard(want, trigs, until, 3, catalog.currency)
+    last = card["months"][-1]
+    report(
+        f"CHECK scorecard: months, quarters, conversion by kind and cohorts = the oracle's to the cent "
+        f"({until}: ending MRR {last['ending_mrr']}, expansion {last['expansion']}, "
+        f"conversion {card['conversion_all']['converted']} of {card['conversion_all']['triggered']} accounts)"
     )
 
 

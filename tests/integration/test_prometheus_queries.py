@@ -61,7 +61,10 @@ def _free_port() -> int:
 class _Load:
     """A steady, real load on a live `metering run`: good events, one bad record of each
     reason in REASONS, a subscription update and a fresh account crossing its storage limit
-    (two usage_threshold triggers) every cycle, until stopped."""
+    (two usage_threshold triggers) every cycle, until stopped. The account that crossed it
+    in the previous cycle upgrades in the next one (converting its triggers), the updated
+    accounts move between two plans and now and then cancel (every MRR movement), and a few
+    accounts subscribed last month give the current month a starting MRR (so NRR is defined)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -81,9 +84,27 @@ class _Load:
         } | over
         return orjson.dumps(doc)
 
+    def _subscription(self, n: int, account: str, plan: str | None, t_ms: int) -> bytes:
+        doc = {
+            "specversion": "1.0",
+            "id": f"sub-{n}",
+            "source": "billing",
+            "type": "subscription.updated" if plan else "subscription.canceled",
+            "subject": account,
+            "time": format_rfc3339(t_ms),
+            "data": {"plan": plan} if plan else {},
+        }
+        return orjson.dumps(doc)
+
     def _run(self) -> None:
         producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, linger_ms=5)
         s, n = self.settings, 0
+        last_month = int(time.time() * 1000) - 40 * 86_400_000
+        for i in range(3):
+            acct = f"acct-base-{i}"
+            producer.send(
+                s.topic_accounts, key=acct.encode(), value=self._subscription(-i - 1, acct, "pro", last_month)
+            )
         while not self.stop.is_set():
             n += 1
             acct = f"acct-load-{n}"
@@ -108,16 +129,16 @@ class _Load:
             }
             for value in bad.values():
                 producer.send(s.topic_events, key=acct.encode(), value=value)
-            sub = {
-                "specversion": "1.0",
-                "id": f"sub-{n}",
-                "source": "billing",
-                "type": "subscription.updated",
-                "subject": f"acct-sub-{n % 5}",
-                "time": format_rfc3339(int(time.time() * 1000)),
-                "data": {"plan": "starter"},
-            }
-            producer.send(s.topic_accounts, key=sub["subject"].encode(), value=orjson.dumps(sub))
+            now = int(time.time() * 1000)
+            subject = f"acct-sub-{n % 5}"
+            plan = None if n % 7 == 0 else ("starter", "pro")[n % 2]
+            producer.send(
+                s.topic_accounts, key=subject.encode(), value=self._subscription(n, subject, plan, now)
+            )
+            if n > 1:  # last cycle's account fired its triggers by now: it upgrades
+                upgraded = f"acct-load-{n - 1}"
+                value = self._subscription(10**6 + n, upgraded, "starter", now)
+                producer.send(s.topic_accounts, key=upgraded.encode(), value=value)
             producer.flush()
             self.stop.wait(1.0)
         producer.close()
@@ -136,7 +157,7 @@ def metrics_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ensure_topics(settings, ["usage.milestones"])
     port = _free_port()
     log = tmp_path_factory.mktemp("run") / "run.log"
-    proc = start_run(settings, log, METERING_HTTP_PORT=str(port))
+    proc = start_run(settings, log, METERING_HTTP_PORT=str(port), METERING_SCORECARD_REFRESH="2s")
     load = _Load(settings)
     load.thread.start()
     try:

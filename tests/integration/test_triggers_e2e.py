@@ -1,9 +1,11 @@
 """Expansion triggers end to end on the real broker and Redis (SPEC 3.3, 4.2).
 
-Every kind of rules/example.yaml fires exactly once per scope across producer duplicates, a
-replay of the whole topic by a new consumer group, restarts, and a SIGKILL between recording
-a trigger and publishing it; triggers land on the rule's topic, keyed by account, with a
-content-type header. `metering send` and `metering tail` are driven as subprocesses.
+Every kind of rules/example.yaml fires exactly once per scope (a recovered level once per
+firing) across producer duplicates, a replay of the whole topic by a new consumer group,
+restarts, and a SIGKILL between recording a trigger and publishing it (the SPEC 7.1 signals'
+own SIGKILL tests are in test_signals_e2e.py); triggers land on the rule's topic, keyed by
+account, with a content-type header. `metering send` and `metering tail` are driven as
+subprocesses.
 
 Each test uses a copy of the example rules whose milestone topic is unique to the test (the
 example's `usage.milestones` is a fixed name shared by every run).
@@ -14,7 +16,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,11 @@ import pytest
 
 from consumers.service import Service
 from consumers.topics import ensure_topics
-from metering.core.periods import format_rfc3339, period_of
+from metering.core.periods import DAY_MS, format_rfc3339, parse_rfc3339, period_of, period_start_ms
 from metering.settings import Settings
 from metering.store import RedisStore
 from metering.triggers import trigger_id
+from metering.triggers.candidate import recovery_id
 from rules import make_demo
 from rules.loader import load_catalog
 from rules.models import Catalog
@@ -83,20 +86,50 @@ def now_utc() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def demo_expected(period: str) -> dict[str, set[str]]:
-    """The scopes the demo input fires, per account (see rules/make_demo.py)."""
+def demo_expected(events: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """The scopes the demo input fires, per account (see rules/make_demo.py); `period` is the
+    current one, the heavy account's is the one its calls fall in."""
+    times: dict[str, list[int]] = defaultdict(list)
+    for e in events:
+        times[e["subject"]].append(parse_rfc3339(e["time"]))
+    period = period_of(max(times[make_demo.FREE]))
     ut = {
         f"ut:limit-warn:{m}:{period}:free:{lvl}"
         for m in ("api_calls", "active_users", "storage_gb")
         for lvl in (80, 100)
     }
+    # acct-demo-free's calls pass through a forecast on their way to 100% once the month is
+    # 3 days old (make_demo keeps them clear of that moment).
+    if min(times[make_demo.FREE]) - period_start_ms(max(times[make_demo.FREE])) >= 3 * DAY_MS:
+        ut.add(f"fc:api-runway:api_calls:{period}:free")
+    heavy = period_of(max(times[make_demo.HEAVY]))
     return {
         make_demo.FREE: ut,
         make_demo.POWER: {"pu:reports-power-user"},
         make_demo.GROWTH: {"fr:gated-feature:sso", "fr:gated-feature:revenue_attribution_dashboard"},
         make_demo.PAYMENTS: {"ms:first-million-payments"},
         make_demo.SPEND: {f"sp:spend-cap:{period}:80", f"sp:spend-cap:{period}:100"},
+        make_demo.HEAVY: {
+            f"ut:limit-warn:api_calls:{heavy}:free:80",
+            f"fc:api-runway:api_calls:{heavy}:free",
+            f"cp:monthly-heavy-user:{heavy}:free",
+        },
+        make_demo.TIDE: {f"ut:limit-warn:storage_gb:{period}:free:{lvl}" for lvl in (80, 100)},
     }
+
+
+def demo_published(expected: dict[str, set[str]]) -> tuple[set[str], dict[tuple[str, str], str]]:
+    """Every id the demo publishes, and the id each scope's mark holds at the end: firing 1 of
+    each scope, but acct-demo-tide's storage goes 1.0 -> 0.4 -> 0.9 GB: both levels fire,
+    both recover, 80% fires again (firing 2)."""
+    ids = {trigger_id(a, f, 1) for a, fields in expected.items() for f in fields}
+    marks = {(a, f): trigger_id(a, f, 1) for a, fields in expected.items() for f in fields}
+    tide = make_demo.TIDE
+    f80, f100 = sorted(expected[tide], key=lambda f: int(f.rsplit(":", 1)[1]))
+    ids |= {recovery_id(tide, f80, 1), recovery_id(tide, f100, 1), trigger_id(tide, f80, 2)}
+    marks[(tide, f80)] = trigger_id(tide, f80, 2)
+    marks[(tide, f100)] = recovery_id(tide, f100, 1)
+    return ids, marks
 
 
 # -- every kind, once per scope --------------------------------------------------------------
@@ -110,7 +143,8 @@ def test_every_kind_fires_once_per_scope_across_duplicates_replay_and_restarts(
     now = now_utc()
     period = period_of(int(now.timestamp() * 1000))
     accounts, events = make_demo.accounts(now), make_demo.events(now)
-    expected = demo_expected(period)
+    expected = demo_expected(events)
+    want_ids, want_marks = demo_published(expected)
 
     # Subscriptions first (the demo's documented order), then the events in two halves with
     # a restart between them, plus producer duplicates (same source and id) of every
@@ -129,14 +163,14 @@ def test_every_kind_fires_once_per_scope_across_duplicates_replay_and_restarts(
     marks = fired(s, list(expected))
     assert {a: set(m) for a, m in marks.items()} == expected
 
-    # Every trigger once, with the mark's id; on its rule's topic, keyed by account, typed.
+    # Every trigger once, each mark with its scope's last id; on its rule's topic, keyed by
+    # account, typed.
     by_id = Counter(orjson.loads(r.value)["id"] for r in first)
     assert all(n == 1 for n in by_id.values()), by_id
-    want_ids = {trigger_id(a, f, 1) for a, fields in expected.items() for f in fields}
     assert set(by_id) == want_ids
     for account, fields in marks.items():
         for field, mark in fields.items():
-            assert orjson.loads(mark)["id"] == trigger_id(account, field, 1)
+            assert orjson.loads(mark)["id"] == want_marks[(account, field)]
     for r in first:
         doc = orjson.loads(r.value)
         assert r.key == doc["subject"].encode() == doc["data"]["account"].encode()
@@ -146,12 +180,27 @@ def test_every_kind_fires_once_per_scope_across_duplicates_replay_and_restarts(
         assert r.topic == want_topic, doc
     kinds = Counter(orjson.loads(r.value)["type"] for r in first)
     assert kinds == {
-        "expansion.usage_threshold": 6,
+        "expansion.usage_threshold": 6 + 1 + 3,  # free, heavy, tide (80 and 100, then 80 again)
         "expansion.power_user": 1,
         "expansion.feature_request": 2,
         "expansion.milestone": 1,
         "expansion.spend_threshold": 2,
+        "expansion.forecast": len([f for a in expected.values() for f in a if f.startswith("fc:")]),
+        "expansion.composite": 1,
+        "expansion.recovered": 2,
     }
+    docs = {orjson.loads(r.value)["id"]: orjson.loads(r.value) for r in first}
+    tide = [d for d in docs.values() if d["subject"] == make_demo.TIDE]
+    recovered = {d["data"]["percent"]: d["data"] for d in tide if d["type"] == "expansion.recovered"}
+    assert {p: (d["value"], d["trigger_id"]) for p, d in recovered.items()} == {
+        80: (0.4, trigger_id(make_demo.TIDE, f"ut:limit-warn:storage_gb:{period}:free:80", 1)),
+        100: (0.4, trigger_id(make_demo.TIDE, f"ut:limit-warn:storage_gb:{period}:free:100", 1)),
+    }
+    (composite,) = [d for d in docs.values() if d["type"] == "expansion.composite"]
+    (heavy_sub,) = [a["data"] for a in accounts if a["subject"] == make_demo.HEAVY]
+    tenure = (parse_rfc3339(composite["time"]) - parse_rfc3339(heavy_sub["started_at"])) // DAY_MS
+    assert [c["value"] for c in composite["data"]["conditions"][1:]] == ["monthly", tenure]
+    assert tenure >= 60 and composite["data"]["conditions"][0]["value"] >= 8000
     offers = {
         orjson.loads(r.value)["data"].get("feature"): orjson.loads(r.value)["data"]["offer"]
         for r in first
@@ -187,6 +236,8 @@ def test_every_kind_fires_once_per_scope_across_duplicates_replay_and_restarts(
                 ("feature.requested", make_demo.GROWTH, {"feature": "sso"}),
                 ("payment.captured", make_demo.PAYMENTS, {"amount": "1"}),
                 ("payment.captured", make_demo.SPEND, {"amount": "1"}),
+                ("api.request", make_demo.HEAVY, {"user_id": "u-h"}),
+                ("storage.snapshot", make_demo.TIDE, {"gb": "0.95"}),  # above 80% still, not 100%
             ]
         )
     ]

@@ -181,6 +181,9 @@ def test_series_derivation_matches_exposition() -> None:
     m.retries.labels(dependency="redis")
     m.meter_value_missing.labels(meter="tokens")
     m.consumer_restarts.labels(reason="no_heartbeat")
+    m.conversions.labels(kind="milestone")
+    m.mrr_movement.labels(movement="expansion")
+    m.mrr_month.labels(figure="starting")
     exposed = {s.name for family in m.registry.collect() for s in family.samples}
     assert exposed == set(_series_labels()) - {"up"}
 

@@ -80,6 +80,17 @@ CASES: list[tuple[Callable[[dict[str, Any]], None], str, str]] = [
     (_set("plans", "pro", "annual_discount", value="0.3"), "annual_discount", "plans.pro.annual_discount"),
     (_set("plans", "pro", "annual_discount", value="0.1"), "annual_discount", "plans.pro.annual_discount"),
     (_dead_end_limit, "upgrade_path", "plans.starter.limits.storage_gb"),
+    # Trigger rules that are valid but can never fire (after the SPEC's pricing rules).
+    (
+        _set("triggers", "5", "meters", value=["api_calls", "tokens"]),
+        "forecast_without_limit",
+        "triggers.5.meters.1",
+    ),
+    (
+        _set("triggers", "6", "when", "0", "meter", value="payments"),
+        "condition_without_limit",
+        "triggers.6.when.0.meter",
+    ),
 ]
 
 

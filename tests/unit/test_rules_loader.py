@@ -11,8 +11,21 @@ import yaml
 from pydantic import ValidationError
 
 from metering.errors import RulesError
+from metering.pricing import monthly_total
+from rules.lint import lint
 from rules.loader import load_catalog, parse_catalog
-from rules.models import Catalog, Meter, UsageThreshold
+from rules.models import (
+    BillingCondition,
+    Catalog,
+    Composite,
+    FiredCondition,
+    Forecast,
+    Meter,
+    MeterCondition,
+    PlansCondition,
+    TenureCondition,
+    UsageThreshold,
+)
 from tests.paths import EXAMPLE_PATH, shared_example
 
 
@@ -42,8 +55,23 @@ def test_example_loads() -> None:
     assert power.cooldown_days == 90
 
 
-def test_packaged_example_is_the_shared_one() -> None:
-    assert EXAMPLE_PATH.read_text() == shared_example().read_text()
+def test_packaged_example_extends_the_shared_one() -> None:
+    """The packaged example is the product team's shared example plus one rule of each kind
+    of SPEC 7.1: the shared one still loads and lints clean, and every meter, plan, add-on
+    and rule of it is in the packaged one unchanged (and its rules come first, in order)."""
+    shared = load_catalog(shared_example())
+    assert lint(shared, monthly_total) == []
+    packaged = load_catalog(EXAMPLE_PATH)
+    assert (packaged.currency, packaged.default_plan) == (shared.currency, shared.default_plan)
+    for name, meter in shared.meters.items():
+        assert packaged.meters.get(name) == meter, name
+    for name, plan in shared.plans.items():
+        assert packaged.plans.get(name) == plan, name
+    for name, addon in shared.addons.items():
+        assert packaged.addons.get(name) == addon, name
+    assert packaged.triggers[: len(shared.triggers)] == shared.triggers
+    added = {r.kind for r in packaged.triggers} - {r.kind for r in shared.triggers}
+    assert added == {"forecast", "composite"}
 
 
 def test_version_is_stable_and_content_sensitive() -> None:
@@ -141,6 +169,86 @@ def test_every_problem_at_once_with_its_path() -> None:
         (lambda d: d["triggers"][0].update(at=[100, 80]), "triggers.0.at.1", "ascend"),
         (lambda d: d["triggers"][4].update(at=[0, 80]), "triggers.4.at.0", "greater than or equal to 1"),
         (lambda d: d["triggers"][4].update(at=[80, 1001]), "triggers.4.at.1", "less than or equal to 1000"),
+        # forecast (SPEC 7.1)
+        (lambda d: d["triggers"][5].update(meters=["ghost"]), "triggers.5.meters.0", "unknown meter 'ghost'"),
+        (
+            lambda d: d["triggers"][5].update(meters=["api_calls", "storage_gb"]),
+            "triggers.5.meters.1",
+            "a forecast projects a count or sum meter (they grow at a rate); 'storage_gb' is latest",
+        ),
+        (
+            lambda d: d["triggers"][5].update(meter="peak_concurrency"),
+            "triggers.5.meter",
+            "'peak_concurrency' is max",
+        ),
+        (
+            lambda d: d["triggers"][5].update(meters=["active_users"]),
+            "triggers.5.meters.0",
+            "is unique_count",
+        ),
+        (
+            lambda d: d["triggers"][5].update(within_days=0),
+            "triggers.5.within_days",
+            "greater than or equal to 1",
+        ),
+        (lambda d: d["triggers"][5].update(at=[80]), "triggers.5.at", "valid integer"),
+        # composite (SPEC 7.1)
+        (
+            lambda d: d["triggers"][6].update(when=[]),
+            "triggers.6.when",
+            "an empty `when` has nothing to hold",
+        ),
+        (lambda d: d["triggers"][6].pop("when"), "triggers.6.when", "Field required"),
+        (
+            lambda d: d["triggers"][6]["when"][0].update(meter="ghost"),
+            "triggers.6.when.0.meter",
+            "unknown meter",
+        ),
+        (
+            lambda d: d["triggers"][6]["when"][0].update(percent=0),
+            "triggers.6.when.0.percent",
+            "greater than",
+        ),
+        (
+            lambda d: d["triggers"][6]["when"][1].update(billing="weekly"),
+            "triggers.6.when.1.billing",
+            "'annual'",
+        ),
+        (
+            lambda d: d["triggers"][6]["when"].append({"colour": "red"}),
+            "triggers.6.when.3",
+            "a condition is one of",
+        ),
+        (
+            lambda d: d["triggers"][6]["when"].append({"fired": "limit-warn", "percent": 3}),
+            "triggers.6.when.3.percent",
+            "Extra inputs are not permitted",
+        ),
+        (
+            lambda d: d["triggers"][6]["when"].append({"fired": "ghost"}),
+            "triggers.6.when.3.fired",
+            "unknown trigger rule",
+        ),
+        (
+            lambda d: d["triggers"][6]["when"].append({"fired": "monthly-heavy-user"}),
+            "triggers.6.when.3.fired",
+            "cannot wait for its own firing",
+        ),
+        (
+            lambda d: d["triggers"][6]["when"].append({"plans": ["gold"]}),
+            "triggers.6.when.3.plans.0",
+            "unknown plan",
+        ),
+        (
+            lambda d: d["triggers"][6]["when"].append({"plans": []}),
+            "triggers.6.when.3.plans",
+            "at least 1 item",
+        ),
+        (
+            lambda d: d["triggers"][6]["when"].append({"min_tenure_days": -1}),
+            "triggers.6.when.3.min_tenure_days",
+            "greater than or equal to 0",
+        ),
         (lambda d: d["triggers"][1].update(meter="nope"), "triggers.1.meter", "unknown meter"),
         (lambda d: d["triggers"][3].update(meter="nope"), "triggers.3.meter", "unknown meter"),
         (lambda d: d["triggers"][1].update(weeks=13), "triggers.1.weeks", "less than or equal to 12"),
@@ -163,8 +271,56 @@ def test_single_problem(change: Any, where: str, reason: str) -> None:
     data = example_data()
     change(data)
     problems = problems_of(data)
-    assert where in problems, problems
+    assert list(problems) == [where], problems
     assert reason in problems[where]
+
+
+def test_composites_waiting_for_each_other_in_a_circle() -> None:
+    data = example_data()
+    data["triggers"][6]["when"].append({"fired": "b"})
+    data["triggers"] += [
+        {"id": "b", "kind": "composite", "when": [{"fired": "c"}]},
+        {"id": "c", "kind": "composite", "when": [{"billing": "annual"}, {"fired": "monthly-heavy-user"}]},
+    ]
+    problems = problems_of(data)
+    circle = "composites wait for each other in a circle"
+    assert problems == {
+        "triggers.6.when.3.fired": (
+            f"{circle} (monthly-heavy-user -> b -> c -> monthly-heavy-user): none can fire first"
+        ),
+        "triggers.7.when.0.fired": f"{circle} (b -> c -> monthly-heavy-user -> b): none can fire first",
+        "triggers.8.when.1.fired": f"{circle} (c -> monthly-heavy-user -> b -> c): none can fire first",
+    }
+    # Waiting for a rule that waits for another is fine (no circle).
+    data["triggers"][8]["when"][1] = {"fired": "limit-warn"}
+    assert parse_catalog(data, "chain").triggers[7].kind == "composite"
+
+
+def test_new_kinds_parse_with_their_defaults() -> None:
+    catalog = load_catalog(EXAMPLE_PATH)
+    forecast, composite = catalog.triggers[5], catalog.triggers[6]
+    assert isinstance(forecast, Forecast) and isinstance(composite, Composite)
+    assert (forecast.meters, forecast.at, forecast.within_days, forecast.min_days_elapsed) == (
+        ("api_calls",),
+        100,
+        7,
+        3,
+    )
+    assert composite.when == (
+        MeterCondition(meter="api_calls", percent=80),
+        BillingCondition(billing="monthly"),
+        TenureCondition(min_tenure_days=60),
+    )
+    bare = Forecast.model_validate({"id": "f", "kind": "forecast", "meter": "tokens"})
+    assert (bare.meters, bare.at, bare.within_days, bare.min_days_elapsed) == (("tokens",), 100, 7, 3)
+    shapes = Composite.model_validate(
+        {"id": "c", "kind": "composite", "when": [{"plans": ["free"]}, {"fired": "x"}, {"billing": "annual"}]}
+    )
+    assert shapes.when == (
+        PlansCondition(plans=("free",)),
+        FiredCondition(fired="x"),
+        BillingCondition(billing="annual"),
+    )
 
 
 def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:

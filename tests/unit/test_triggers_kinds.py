@@ -7,7 +7,8 @@ and ids are checked against the SPEC's table.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -37,9 +38,19 @@ def catalog() -> Catalog:
     return load_catalog(ROOT / "rules" / "example.yaml")
 
 
+class ReadBack(TriggerEngine):
+    """Evaluates as the service does: the state carries exactly the marks the engine asks to
+    read back for the batch's events (the ones a test gives, else "" = never fired)."""
+
+    def evaluate(self, state: AccountState, items: Sequence[Item]) -> list[Candidate]:
+        fields = self.mark_fields([i.event for i in items])
+        marks = {f: state.marks.get(f, "") for f in fields}
+        return super().evaluate(replace(state, marks=marks), items)
+
+
 @pytest.fixture
 def engine(catalog: Catalog) -> TriggerEngine:
-    return TriggerEngine(catalog, DEFAULT_TOPIC)
+    return ReadBack(catalog, DEFAULT_TOPIC)
 
 
 # -- builders (pure) -------------------------------------------------------------------------
@@ -100,12 +111,16 @@ def api_item(time_ms: int = NOW) -> Item:
 # -- usage_threshold -------------------------------------------------------------------------
 
 
+def thresholds(engine: TriggerEngine, st: AccountState, items: list[Item]) -> list[Candidate]:
+    return of_kind(engine.evaluate(st, items), "usage_threshold")
+
+
 def test_usage_threshold_not_before_80_percent(engine: TriggerEngine) -> None:
-    assert engine.evaluate(state(values={"api_calls": 7999}), [api_item()]) == []
+    assert thresholds(engine, state(values={"api_calls": 7999}), [api_item()]) == []
 
 
 def test_usage_threshold_fires_at_exactly_80_percent(engine: TriggerEngine) -> None:
-    found = engine.evaluate(state(values={"api_calls": 8000}), [api_item()])
+    found = thresholds(engine, state(values={"api_calls": 8000}), [api_item()])
     assert [c.field for c in found] == [f"ut:limit-warn:api_calls:{PERIOD}:free:80"]
     c = found[0]
     assert c.kind == "usage_threshold" and c.rule == "limit-warn" and c.topic == DEFAULT_TOPIC
@@ -125,10 +140,10 @@ def test_usage_threshold_fires_at_exactly_80_percent(engine: TriggerEngine) -> N
 
 
 def test_usage_threshold_100_percent_level(engine: TriggerEngine) -> None:
-    assert set(by_field(engine.evaluate(state(values={"api_calls": 9999}), [api_item()]))) == {
+    assert set(by_field(thresholds(engine, state(values={"api_calls": 9999}), [api_item()]))) == {
         f"ut:limit-warn:api_calls:{PERIOD}:free:80"
     }
-    found = by_field(engine.evaluate(state(values={"api_calls": 10000}), [api_item()]))
+    found = by_field(thresholds(engine, state(values={"api_calls": 10000}), [api_item()]))
     assert set(found) == {
         f"ut:limit-warn:api_calls:{PERIOD}:free:80",
         f"ut:limit-warn:api_calls:{PERIOD}:free:100",
@@ -438,6 +453,12 @@ def test_tail_formats_every_kind(engine: TriggerEngine) -> None:
         f" -> offer plan pro +50.00/mo  [{lines['milestone'][-10:-1]}]",
         "spend_threshold": f"{ts} spend_threshold {ACCOUNT} spend-cap spend 49.00/60.00 {PERIOD} (80%)"
         f" -> offer plan pro +50.00/mo  [{lines['spend_threshold'][-10:-1]}]",
+        # 10.5 days into November: 80,000 / 10.5 = 7,619.047.../day; 20,000 left = 2.625 days
+        "forecast": f"{ts} forecast {ACCOUNT} api-runway api_calls 80000/100000 at 7619.05/day:"
+        " 100% in 2.63 days (2026-11-14T03:00:00Z) -> offer plan pro +50.00/mo"
+        f"  [{lines['forecast'][-10:-1]}]",
+        "composite": f"{ts} composite {ACCOUNT} monthly-heavy-user {PERIOD}: api_calls 80000/100000 >= 80%,"
+        f" billing monthly, tenure 90d >= 60d -> offer plan pro +50.00/mo  [{lines['composite'][-10:-1]}]",
     }
     assert all(line.endswith("…]") and "[trg-" in line for line in lines.values())
     assert format_trigger({"type": "expansion.milestone", "id": "x", "data": {"offer": None}}).startswith(

@@ -6,6 +6,8 @@
 -- ARGV[2]  JSON: [[field, expected, mark, topic, payload], ...]
 --          `expected` is the mark the caller saw ("" = never fired): a compare-and-set, so a
 --          fenced or duplicate caller cannot fire the same scope twice or skip a cooldown.
+--          A recovery (expansion.recovered) and the re-firing of a recovered level are the same
+--          compare-and-set: fired n -> recovered n -> fired n + 1, each step at most once.
 -- Returns {flags, outbox}: one char per candidate ("1" recorded, "0" refused: the mark had
 -- changed) and the whole outbox after the appends. A caller refused because another member
 -- (say, a fenced zombie) recorded the same trigger first thus sees that member's entry and

@@ -11,14 +11,29 @@ from metering.core.events import Event
 from metering.pricing import offer_for_feature
 from metering.triggers.candidate import Candidate
 from metering.triggers.context import Ctx
-from metering.triggers.kind import Kind
-from rules.models import FeatureRequest
+from metering.triggers.kind import Kind, MarkReader
+from rules.models import Catalog, FeatureRequest
 
 FEATURE_REQUESTED = "feature.requested"
 
 
-def feature_fields(rule: FeatureRequest, events: Sequence[Event]) -> list[str]:
-    return [f"fr:{rule.id}:{f}" for f in {_feature(e) for e in events} if f]
+def field(rule: FeatureRequest, feature: str) -> str:
+    return f"fr:{rule.id}:{feature}"
+
+
+def mark_reader(rule: FeatureRequest, _catalog: Catalog) -> MarkReader:
+    def read(events: Sequence[Event]) -> list[str]:
+        return [field(rule, f) for f in {_feature(e) for e in events} if f]
+
+    return read
+
+
+def fired_fields(rule: FeatureRequest, catalog: Catalog, _period: str) -> list[str]:
+    """Fired ever (once per feature, again after the cooldown): a feature fires only when a
+    plan or add-on sells it, so the catalog's features are every scope there can be."""
+    features = {f for plan in catalog.plans.values() for f in plan.features}
+    features |= {f for addon in catalog.addons.values() for f in addon.features}
+    return [field(rule, f) for f in sorted(features)]
 
 
 def _feature(event: Event) -> str | None:
@@ -41,7 +56,7 @@ def feature_request(ctx: Ctx, rule: FeatureRequest) -> Iterator[Candidate]:
         if offer is None:  # already has it, or nothing sells it: not an expansion signal
             continue
         data: dict[str, object] = {"feature": feature, "offer": offer.to_json()}
-        c = ctx.repeatable("feature_request", rule.id, f"fr:{rule.id}:{feature}", t, data, rule.cooldown_days)
+        c = ctx.repeatable("feature_request", rule.id, field(rule, feature), t, data, rule.cooldown_days)
         if c is not None:
             yield c
 
@@ -50,4 +65,6 @@ def describe(data: Mapping[str, Any]) -> str:
     return f"feature {data.get('feature')}"
 
 
-KIND = Kind("feature_request", FeatureRequest, feature_request, describe, mark_fields=feature_fields)
+KIND = Kind(
+    "feature_request", FeatureRequest, feature_request, describe, fired_fields, mark_reader=mark_reader
+)

@@ -4,15 +4,14 @@ account and rule, again after the cooldown."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from metering.core.events import Event
 from metering.core.periods import iso_week, weeks_back
 from metering.triggers.candidate import Candidate
 from metering.triggers.context import Ctx
-from metering.triggers.kind import Kind
-from rules.models import PowerUser
+from metering.triggers.kind import Kind, MarkReader
+from rules.models import Catalog, PowerUser
 
 
 def power_user(ctx: Ctx, rule: PowerUser) -> Iterator[Candidate]:
@@ -31,13 +30,22 @@ def power_user(ctx: Ctx, rule: PowerUser) -> Iterator[Candidate]:
         "min_per_week": rule.min_per_week,
         "offer": ctx.offers.upgrade(ctx.plan),
     }
-    c = ctx.repeatable("power_user", rule.id, f"pu:{rule.id}", now, data, rule.cooldown_days)
+    c = ctx.repeatable("power_user", rule.id, field(rule), now, data, rule.cooldown_days)
     if c is not None:
         yield c
 
 
-def mark_fields(rule: PowerUser, _events: Sequence[Event]) -> list[str]:
-    return [f"pu:{rule.id}"]
+def field(rule: PowerUser) -> str:
+    return f"pu:{rule.id}"
+
+
+def mark_reader(rule: PowerUser, _catalog: Catalog) -> MarkReader:
+    fields = [field(rule)]
+    return lambda _events: fields
+
+
+def fired_fields(rule: PowerUser, _catalog: Catalog, _period: str) -> list[str]:
+    return [field(rule)]  # once per account (again after the cooldown): fired ever
 
 
 def week_meters(rule: PowerUser) -> list[str]:
@@ -50,4 +58,12 @@ def describe(data: Mapping[str, Any]) -> str:
     return f"{data.get('meter')} >={data.get('min_per_week')}/week for {n} weeks"
 
 
-KIND = Kind("power_user", PowerUser, power_user, describe, mark_fields=mark_fields, week_meters=week_meters)
+KIND = Kind(
+    "power_user",
+    PowerUser,
+    power_user,
+    describe,
+    fired_fields,
+    mark_reader=mark_reader,
+    week_meters=week_meters,
+)

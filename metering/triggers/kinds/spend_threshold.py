@@ -11,7 +11,7 @@ from metering.triggers.candidate import Candidate
 from metering.triggers.context import Ctx
 from metering.triggers.kind import Kind
 from metering.triggers.kinds.usage_threshold import percent
-from rules.models import SpendThreshold
+from rules.models import Catalog, SpendThreshold
 
 
 def spend_threshold(ctx: Ctx, rule: SpendThreshold) -> Iterator[Candidate]:
@@ -31,7 +31,7 @@ def spend_threshold(ctx: Ctx, rule: SpendThreshold) -> Iterator[Candidate]:
         for level in rule.at:
             if bill.total * 100 < cap * level:
                 break
-            field = f"sp:{rule.id}:{period}:{level}"
+            field = scope(rule, period, level)
             if ctx.known(field):
                 continue
             yield ctx.candidate(
@@ -49,9 +49,17 @@ def spend_threshold(ctx: Ctx, rule: SpendThreshold) -> Iterator[Candidate]:
             )
 
 
+def scope(rule: SpendThreshold, period: str, level: int) -> str:
+    return f"sp:{rule.id}:{period}:{level}"
+
+
+def fired_fields(rule: SpendThreshold, _catalog: Catalog, period: str) -> list[str]:
+    return [scope(rule, period, level) for level in rule.at]
+
+
 def describe(data: Mapping[str, Any]) -> str:
     spend = f"{data.get('spend')}/{data.get('spend_cap')}"
     return f"spend {spend} {data.get('period')}{percent(data.get('percent'))}"
 
 
-KIND = Kind("spend_threshold", SpendThreshold, spend_threshold, describe, final=True)
+KIND = Kind("spend_threshold", SpendThreshold, spend_threshold, describe, fired_fields, final=True)
