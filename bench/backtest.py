@@ -50,6 +50,7 @@ def run_file(path: Path, rules: Path, batch: int, jobs: int) -> None:
         delta_ms(s.dedup_window),
         s.topic_triggers,
         batch,
+        delta_ms(s.conversion_window),
     )
     run = Backtest([load_catalog(rules)], options, jobs)
     t0 = time.perf_counter()

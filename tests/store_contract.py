@@ -83,3 +83,17 @@ def plain(res: ApplyResult) -> dict[str, Any]:
 
 def plain_fire(res: FireResult) -> tuple[str, list[bytes]]:
     return res.recorded, [bytes(x) for x in res.outbox]
+
+
+def revenue_of(store: Store) -> list[tuple[str, list[str], list[str], list[str]]]:
+    """`Store.revenue` as plain, sorted data (its order is unspecified; so is the order of an
+    account's marks and conversions, hash values in Redis)."""
+    return sorted(
+        (
+            r.account,
+            [_text(x) for x in r.movements],
+            sorted(_text(x) for x in r.marks),
+            sorted(_text(x) for x in r.conversions),
+        )
+        for r in store.revenue()
+    )

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import orjson
 import typer
 
 from metering.cli.app import app, fail
@@ -87,6 +88,7 @@ def backtest(
         Limits(settings.max_event_bytes, delta_ms(settings.late_grace), delta_ms(settings.future_tolerance)),
         delta_ms(settings.dedup_window),
         settings.topic_triggers,
+        conversion_window_ms=delta_ms(settings.conversion_window),
     )
     catalogs = [catalog] + ([other] if other is not None else [])
     if jobs is None:
@@ -179,9 +181,12 @@ def _report(catalog: Catalog, outcome: Outcome, stats: Stats) -> dict[str, Any]:
         "subscriptions": c.subscriptions,
         "subscriptions_applied": c.subscriptions_applied,
         "subscriptions_stale": c.subscriptions_stale,
+        "subscriptions_redelivered": c.subscriptions_redelivered,
+        "conversions": c.conversions,
         "from": format_rfc3339(stats.first_ms) if stats.first_ms is not None else None,
         "to": format_rfc3339(stats.last_ms) if stats.last_ms is not None else None,
     }
+    out["conversions"] = [orjson.loads(e.split(b"\n", 1)[1]) for e in outcome.converted]
     out["rules_version"] = catalog.version
     return out
 
@@ -269,7 +274,8 @@ def _print_input(
     if c["subscriptions"]:
         console.print(
             f"subscriptions: {c['subscriptions']:,} read: {c['subscriptions_applied']:,} applied, "
-            f"{c['subscriptions_stale']:,} older than the state they met",
+            f"{c['subscriptions_stale']:,} older than the state they met; "
+            f"{c['conversions']:,} triggers converted by an upgrade (expansion.converted)",
             highlight=False,
             soft_wrap=True,
         )

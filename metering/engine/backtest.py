@@ -76,7 +76,7 @@ from metering.engine.rules import RunningRules
 from metering.errors import BadEvent, InputError
 from metering.store import MemoryStore, Pending
 from metering.triggers.kinds.feature_request import FEATURE_REQUESTED
-from rules.models import Catalog, PowerUser, UsageThreshold
+from rules.models import Catalog, Composite, Forecast, MeterCondition, PowerUser, UsageThreshold
 
 EVENTS_TOPIC = "events"
 ACCOUNTS_TOPIC = "accounts"
@@ -199,6 +199,7 @@ class Options:
     dedup_window_ms: int
     default_topic: str = "usage.triggers"
     batch_records: int = BATCH_RECORDS
+    conversion_window_ms: int = 30 * DAY_MS  # METERING_CONVERSION_WINDOW (SPEC 7.3)
 
 
 @dataclass(frozen=True)
@@ -222,15 +223,18 @@ class Counts:
     subscriptions: int = 0  # subscription records read
     subscriptions_applied: int = 0
     subscriptions_stale: int = 0
+    subscriptions_redelivered: int = 0
+    conversions: int = 0  # expansion.converted events (SPEC 7.3)
 
 
 #: The kinds whose rules are monotone over a run of events that no other rule of theirs looks
 #: at: a level reached inside the run is still reached at its end. A kind not named here (a
 #: new one) makes every event stand alone: slower, never wrong.
-MONOTONE_KINDS = frozenset({"usage_threshold", "milestone", "spend_threshold", "power_user"})
+MONOTONE_KINDS = frozenset({"usage_threshold", "milestone", "spend_threshold", "power_user", "composite"})
 #: Kinds whose events always stand alone: `feature_request` (each request is read against
-#: the marks and the tenure of its own moment).
-ALONE_KINDS = frozenset({"feature_request"})
+#: the marks and the tenure of its own moment), and `forecast` for the events that move its
+#: meters (a projection rises with usage and falls with elapsed time, and stops once reached).
+ALONE_KINDS = frozenset({"feature_request", "forecast"})
 
 
 @dataclass
@@ -254,6 +258,12 @@ class Monotone:
     - `power_user` is monotone over events of one ISO week (its window of weeks is set by the
       week of the newest event, and the counts only grow): a run holds the events of one week
       of the meters it counts;
+    - `composite` is monotone like a usage threshold (its meter conditions only grow inside a
+      period, tenure only grows, billing and plan do not change inside a run, and a rule it
+      waits for fires inside a run only if something fires there anyway); an event that moves
+      a `latest` meter of a condition stands alone;
+    - `forecast` is not monotone (the projection falls as time passes, and stops once the
+      target is reached): an event that moves one of its meters stands alone;
     - a `feature.requested` event stands alone (each request is read against the marks and
       the tenure of its own moment).
     An event is judged by its type (the meters it can move, whatever its values)."""
@@ -263,10 +273,21 @@ class Monotone:
         self.all_alone = bool(kinds - MONOTONE_KINDS - ALONE_KINDS)
         meters = catalog.meters
         latest: set[str] = set()
+        projected: set[str] = set()  # a forecast's meters
         power: set[str] = set()
         for rule in catalog.triggers:
             if isinstance(rule, UsageThreshold):
                 latest |= {m for m in rule.meters if m in meters and meters[m].aggregation == "latest"}
+            elif isinstance(rule, Composite):
+                latest |= {
+                    c.meter
+                    for c in rule.when
+                    if isinstance(c, MeterCondition)
+                    and c.meter in meters
+                    and meters[c.meter].aggregation == "latest"
+                }
+            elif isinstance(rule, Forecast):
+                projected |= set(rule.meters)
             elif isinstance(rule, PowerUser):
                 power.add(rule.meter)
         # event type -> the meters it can move
@@ -274,7 +295,7 @@ class Monotone:
         for name, meter in meters.items():
             for t in meter.event_type:
                 self.meters_of[t] = self.meters_of.get(t, frozenset()) | {name}
-        alone = {t for t, ms in self.meters_of.items() if ms & latest}
+        alone = {t for t, ms in self.meters_of.items() if ms & (latest | projected)}
         if "feature_request" in kinds:
             alone.add(FEATURE_REQUESTED)
         self.alone_types = frozenset(alone)
@@ -303,6 +324,7 @@ class Outcome:
     """What one catalog's replay found (summed over the workers that replayed its accounts)."""
 
     triggers: list[bytes] = field(default_factory=list)  # outbox entries, "<topic>\n<CloudEvent>"
+    converted: list[bytes] = field(default_factory=list)  # the expansion.converted entries
     dead: Counter[str] = field(default_factory=Counter)
     examples: list[DeadExample] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
@@ -324,6 +346,7 @@ class Outcome:
 
     def merge(self, other: Outcome) -> None:
         self.triggers += other.triggers
+        self.converted += other.converted
         self.dead.update(other.dead)
         for ex in other.examples:
             self._example(ex)
@@ -350,7 +373,9 @@ class Replay:
         self.store = MemoryStore(options.dedup_window_ms)
         self.rules = RunningRules(catalog, options.default_topic)
         limits = options.limits
-        self.processor = Processor(self.rules, self.store, limits, limits.max_event_bytes)
+        self.processor = Processor(
+            self.rules, self.store, limits, limits.max_event_bytes, options.conversion_window_ms
+        )
         self.monotone = Monotone(catalog)
         self.out = Outcome()
         self._weeks: dict[int, str] = {}  # UTC day -> ISO week
@@ -360,9 +385,20 @@ class Replay:
         got = self.processor.subscriptions(records, _run)
         c = self.out.counts
         c.subscriptions += len(records)
-        c.subscriptions_applied += got.applied
-        c.subscriptions_stale += got.stale
+        c.subscriptions_applied += got.results["applied"]
+        c.subscriptions_stale += got.results["stale"]
+        c.subscriptions_redelivered += got.results["redelivered"]
+        c.conversions += len(got.conversions)
         self.out.add_dead(ACCOUNTS_TOPIC, [(d.record.offset, d.reason, d.detail) for d in got.dead])
+        # what the service publishes with the batch: the conversions (every trigger entry of
+        # these outboxes was published, and acknowledged, with its usage batch already)
+        acks: list[OutboxAck] = []
+        for account, entries in got.outboxes.items():
+            if entries:
+                self.out.converted.extend(entries)
+                acks.append(OutboxAck(account, len(entries), entries[0]))
+        if acks:
+            self.store.ack_outbox(acks)
 
     def usage(self, records: Sequence[RecordLike], now_ms: int) -> None:
         """Records through the service's step, as one batch of the service."""

@@ -22,6 +22,9 @@ from metering.pricing import format_money
 from metering.triggers.registry import describe
 from rules.models import Catalog
 
+#: The type of a recovery (SPEC 7.1): listed with the triggers, never counted as a firing.
+RECOVERED = "expansion.recovered"
+
 
 def _offer_key(offer: object) -> bytes | None:
     if not isinstance(offer, Mapping) or not offer:
@@ -47,23 +50,32 @@ def _at_stake(triggers: Sequence[Mapping[str, Any]]) -> Decimal:
 
 def summary(catalog: Catalog, triggers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """SPEC 7.2's report: every trigger, per rule `fired`, `accounts`, `revenue_at_stake`, and
-    the total (every rule of the catalog is listed, those that never fired with zeros)."""
+    the total (every rule of the catalog is listed, those that never fired with zeros). An
+    `expansion.recovered` event (SPEC 7.1) is listed with the triggers but is not a firing: it
+    counts under its rule's `recovered`, never in `fired`, `accounts` or the revenue at stake."""
     mu = catalog.minor_unit
     by_rule: dict[str, list[Mapping[str, Any]]] = {r.id: [] for r in catalog.triggers}
+    recovered: dict[str, int] = {}
     for t in triggers:
-        by_rule.setdefault(str(t.get("data", {}).get("rule")), []).append(t)
+        rule = str(t.get("data", {}).get("rule"))
+        if t.get("type") == RECOVERED:
+            recovered[rule] = recovered.get(rule, 0) + 1
+            by_rule.setdefault(rule, [])
+        else:
+            by_rule.setdefault(rule, []).append(t)
     rules = {
         rule: {
             "fired": len(ts),
             "accounts": len({t.get("subject") for t in ts}),
             "revenue_at_stake": format_money(_at_stake(ts), mu),
         }
+        | ({"recovered": recovered[rule]} if rule in recovered else {})
         for rule, ts in by_rule.items()
     }
     return {
         "triggers": list(triggers),
         "rules": rules,
-        "revenue_at_stake": format_money(_at_stake(triggers), mu),
+        "revenue_at_stake": format_money(_at_stake([t for t in triggers if t.get("type") != RECOVERED]), mu),
     }
 
 

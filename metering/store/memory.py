@@ -26,7 +26,7 @@ event can reach any more (older than the late cutoff), so its memory stays bound
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from metering.core.calls import (
@@ -39,8 +39,12 @@ from metering.core.calls import (
     FireResult,
     OutboxAck,
     PeriodReply,
+    RevenueRecord,
     StoredCatalog,
-    SubscriptionUpdate,
+    SubscriptionRead,
+    SubscriptionView,
+    SubscriptionWrite,
+    SubscriptionWritten,
     Text,
     WeeksReply,
 )
@@ -129,6 +133,9 @@ class _Account:
     fired: dict[str, str] = field(default_factory=dict)  # fired
     outbox: list[bytes] = field(default_factory=list)  # ob
     dedup: dict[int, _Bucket] = field(default_factory=dict)  # d:<bucket>
+    mrr: dict[str, str] = field(default_factory=dict)  # mrr: "v" write version, "mrr", "paid"
+    history: list[str] = field(default_factory=list)  # mh: MRR movements (JSON), oldest first
+    converted: dict[str, str] = field(default_factory=dict)  # cv: trigger id -> conversion (JSON)
 
 
 @dataclass(eq=False)
@@ -189,8 +196,19 @@ class MemoryStore(Store):
         for a in acks:
             self._outbox_ack(a)
 
-    def set_subscriptions(self, updates: Sequence[SubscriptionUpdate]) -> list[bool]:
-        return [self._subscription(u) for u in updates]
+    def read_subscriptions(self, reads: Sequence[SubscriptionRead]) -> list[SubscriptionView]:
+        return [self._subscription_read(r) for r in reads]
+
+    def write_subscriptions(self, writes: Sequence[SubscriptionWrite]) -> list[SubscriptionWritten]:
+        return [self._subscription_write(w) for w in writes]
+
+    def revenue(self) -> Iterator[RevenueRecord]:
+        # RedisStore.revenue: accounts with an MRR history or a fired mark, revenue.lua each
+        for account, acct in list(self.accounts.items()):
+            if acct.history or acct.fired:
+                yield RevenueRecord(
+                    account, list(acct.history), list(acct.fired.values()), list(acct.converted.values())
+                )
 
     def save_catalog(self, catalog: StoredCatalog) -> None:
         self.catalog = catalog
@@ -494,16 +512,44 @@ class MemoryStore(Store):
         del acct.outbox[: ack.n]
         return True
 
+    # -- subscription_read.lua -------------------------------------------------------------
+
+    def _subscription_read(self, read: SubscriptionRead) -> SubscriptionView:
+        acct = self.accounts.get(read.account) or _Account()  # a read creates nothing
+        m = acct.mrr
+        return SubscriptionView(
+            read.account,
+            dict(acct.sub),
+            int(m.get("v", "0")),
+            int(m.get("mrr", "0")),
+            m.get("paid") == "1",
+            len(acct.history),
+            {f: acct.wm.get(f, -1) for f in read.wm_fields},
+            dict(acct.fired),
+            frozenset(acct.converted),
+            list(acct.outbox),
+        )
+
     # -- subscription.lua ------------------------------------------------------------------
 
-    def _subscription(self, update: SubscriptionUpdate) -> bool:
-        acct = self._account(update.account)
-        # last by event time wins; a tie goes to the later record
-        if int(update.state["time"]) < int(acct.sub.get("time", "-1")):
-            return False
-        acct.sub = dict(update.state)  # DEL, then HSET of the new state
-        acct.sub_flat = tuple(x for kv in acct.sub.items() for x in kv)
-        return True
+    def _subscription_write(self, write: SubscriptionWrite) -> SubscriptionWritten:
+        # the compare-and-set on the write version: a refused write creates nothing
+        acct = self.accounts.get(write.account)
+        if (acct.mrr.get("v", "0") if acct is not None else "0") != str(write.expected):
+            return SubscriptionWritten(False, list(acct.outbox) if acct is not None else [])
+        acct = self._account(write.account)
+        if self._journal is not None and write.account in self._journal:
+            # the backtest writes subscriptions between journaled runs, never inside one
+            raise RuntimeError(f"subscription write to journaled account {write.account!r}")
+        if write.state:  # DEL, then HSET of the new state ({} / None: unchanged)
+            acct.sub = dict(write.state)
+            acct.sub_flat = tuple(x for kv in acct.sub.items() for x in kv)
+        acct.wm.update(write.watermarks)
+        acct.mrr = {"v": str(write.expected + 1), "mrr": str(write.mrr), "paid": "1" if write.paid else "0"}
+        acct.history += write.movements
+        acct.converted.update(write.conversions)
+        acct.outbox += [e.encode("utf-8", "surrogatepass") for e in write.outbox]
+        return SubscriptionWritten(True, list(acct.outbox))
 
 
 def _empty_result(call: ApplyCall) -> ApplyResult:

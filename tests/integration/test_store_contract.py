@@ -28,11 +28,13 @@ from metering.core.calls import (
     FireCandidate,
     OutboxAck,
     StoredCatalog,
-    SubscriptionUpdate,
+    SubscriptionRead,
+    SubscriptionView,
+    SubscriptionWrite,
 )
 from metering.core.state import pairs
 from metering.store import Done, Store
-from tests.store_contract import Stores, plain, plain_fire
+from tests.store_contract import Stores, plain, plain_fire, revenue_of
 
 NOW = 1_795_000_000_000  # 2026-11-18, a fixed "now"
 P = "2026-11"
@@ -222,17 +224,79 @@ def test_outbox_ack_drops_a_prefix_only_while_the_head_is_the_one_published(stor
 # -- subscription.lua ------------------------------------------------------------------------
 
 
-def test_subscriptions_last_by_event_time_wins_and_replace_the_whole_state(stores: Stores) -> None:
+def sub_write(
+    account: str,
+    expected: int,
+    state: dict[str, str] | None,
+    wm: dict[str, int] | None = None,
+    mrr: int = 0,
+    paid: bool = False,
+    mh: tuple[str, ...] = (),
+    cv: dict[str, str] | None = None,
+    ob: tuple[str, ...] = (),
+) -> SubscriptionWrite:
+    return SubscriptionWrite(account, expected, state, wm or {}, mrr, paid, mh, cv or {}, ob)
+
+
+def plain_view(v: SubscriptionView) -> dict[str, Any]:
+    return {
+        "state": v.state,
+        "version": v.version,
+        "mrr": v.mrr,
+        "paid": v.paid,
+        "entries": v.entries,
+        "watermarks": v.watermarks,
+        "marks": v.marks,
+        "converted": sorted(v.converted),
+        "outbox": [bytes(x) for x in v.outbox],
+    }
+
+
+def test_subscription_writes_are_a_compare_and_set_on_the_version(stores: Stores) -> None:
     store, a = stores.new(), acct()
+    (view,) = store.read_subscriptions([SubscriptionRead(a, ["s/0"])])
+    assert plain_view(view) == {
+        "state": {},
+        "version": 0,
+        "mrr": 0,
+        "paid": False,
+        "entries": 0,
+        "watermarks": {"s/0": -1},
+        "marks": {},
+        "converted": [],
+        "outbox": [],
+    }
     s1 = {"time": "2000", "status": "active", "plan": "pro", "seats": "12"}
-    s0 = {"time": "1000", "status": "active", "plan": "starter"}
-    s2 = {"time": "2000", "status": "active", "plan": "business"}
-    assert store.set_subscriptions([SubscriptionUpdate(a, s1), SubscriptionUpdate(a, s0)]) == [True, False]
-    assert store.set_subscriptions([SubscriptionUpdate(a, s2)]) == [True]  # a tie: the later record
-    res = store.read_account(a, P, [], [])
-    assert pairs(res.subscription) == s2  # "seats" of the older state is gone
-    assert store.set_subscriptions([SubscriptionUpdate(a, {"time": "3000", "status": "canceled"})]) == [True]
-    assert pairs(apply1(store, call(a, ev(0, "a"))).subscription) == {"time": "3000", "status": "canceled"}
+    w1 = sub_write(a, 0, s1, {"s/0": 4}, 5_000_000, True, ('{"m":1}',), {"t1": '{"c":1}'}, ("t\n{}",))
+    assert store.write_subscriptions([w1])[0] == (True, [b"t\n{}"])
+    assert store.write_subscriptions([w1])[0] == (False, [b"t\n{}"])  # the version moved: refused
+    assert store.write_subscriptions([sub_write(acct(), 3, s1)])[0] == (False, [])  # never written
+    s2 = {"time": "3000", "status": "canceled"}
+    assert store.write_subscriptions([sub_write(a, 1, s2, {"s/1": 9}, 0, True, ('{"m":2}',))])[0][0]
+    (view,) = store.read_subscriptions([SubscriptionRead(a, ["s/0", "s/1", "s/2"])])
+    assert plain_view(view) == {
+        "state": s2,  # the whole state replaced: "seats" of the older one is gone
+        "version": 2,
+        "mrr": 0,
+        "paid": True,
+        "entries": 2,
+        "watermarks": {"s/0": 4, "s/1": 9, "s/2": -1},
+        "marks": {},
+        "converted": ["t1"],
+        "outbox": [b"t\n{}"],
+    }
+    assert store.write_subscriptions([sub_write(a, 2, None, mrr=7)])[0][0]  # state unchanged
+    assert pairs(store.read_account(a, P, [], []).subscription) == s2
+    assert pairs(apply1(store, call(a, ev(0, "a"))).subscription) == s2
+
+
+def test_revenue_reads_history_marks_and_conversions_of_every_account(stores: Stores) -> None:
+    store, a, b, c = stores.new(), acct(), acct(), acct()
+    store.write_subscriptions([sub_write(a, 0, {"time": "1"}, mh=('{"m":1}', '{"m":2}'), cv={"x": "1"})])
+    store.fire([FireCall(b, [FireCandidate("f", "", '{"id":"x"}', "t", "{}")])])
+    store.write_subscriptions([sub_write(c, 0, {"time": "1"})])  # neither history nor marks
+    expected = [(a, ['{"m":1}', '{"m":2}'], [], ["1"]), (b, [], ['{"id":"x"}'], [])]
+    assert revenue_of(store) == sorted(expected)
 
 
 # -- reads, the catalog, pending calls -------------------------------------------------------
@@ -299,7 +363,7 @@ def an_update(draw: Any) -> tuple[str, str, str]:
 @st.composite
 def an_op(draw: Any) -> tuple[Any, ...]:
     account = draw(st.sampled_from(["a", "b"]))
-    kind = draw(st.sampled_from(["apply", "apply", "apply", "fire", "ack", "sub", "read"]))
+    kind = draw(st.sampled_from(["apply", "apply", "apply", "fire", "ack", "sub", "subread", "read"]))
     if kind == "apply":
         start = draw(st.integers(0, 12))
         events = [
@@ -349,7 +413,27 @@ def an_op(draw: Any) -> tuple[Any, ...]:
             "status": "active",
             "plan": draw(st.sampled_from(["x", "y"])),
         }
-        return (kind, account, state)
+        return (
+            kind,
+            account,
+            sub_write(
+                account,
+                draw(st.integers(0, 2)),  # the version read: right or stale
+                draw(st.sampled_from([state, None])),
+                {draw(st.sampled_from(["ev/0", "ev/1", "s/0"])): draw(st.integers(0, 12))},
+                draw(st.integers(0, 10**12)),
+                draw(st.booleans()),
+                tuple(draw(st.lists(st.sampled_from(['{"m":1}', '{"m":"é"}']), max_size=2))),
+                {draw(st.sampled_from(["t1", "t2"])): "{}"} if draw(st.booleans()) else {},
+                tuple(draw(st.lists(st.sampled_from(['t\n{"c":1}', 't\n{"é":1}']), max_size=2))),
+            ),
+        )
+    if kind == "subread":
+        return (
+            kind,
+            account,
+            draw(st.lists(st.sampled_from(["ev/0", "ev/1", "s/0"]), max_size=3, unique=True)),
+        )
     return (kind, account, draw(st.sampled_from(["2026-10", "2026-11"])))
 
 
@@ -366,7 +450,10 @@ def run_op(store: Store, op: tuple[Any, ...]) -> Any:
         store.ack_outbox([OutboxAck(account, op[2], op[3])])
         return [bytes(x) for x in store.outbox(account)]
     if kind == "sub":
-        return store.set_subscriptions([SubscriptionUpdate(account, op[2])])
+        (written,) = store.write_subscriptions([op[2]])
+        return (written.applied, [bytes(x) for x in written.outbox])
+    if kind == "subread":
+        return plain_view(store.read_subscriptions([SubscriptionRead(account, op[2])])[0])
     return plain(store.read_account(account, op[2], ["users"], ["calls"]))
 
 
@@ -388,6 +475,11 @@ def test_memory_answers_every_call_as_redis_does(
         assert run_op(memory_store, op) == run_op(redis_store, op), (i, op)
     for account in ("a", "b"):
         assert memory_store.fired(account) == redis_store.fired(account)
+        read = [SubscriptionRead(account, ["ev/0", "s/0"])]
+        mem, red = memory_store.read_subscriptions(read)[0], redis_store.read_subscriptions(read)[0]
+        assert plain_view(mem) == plain_view(red)
         assert [bytes(x) for x in memory_store.outbox(account)] == [
             bytes(x) for x in redis_store.outbox(account)
         ]
+
+    assert revenue_of(memory_store) == revenue_of(redis_store)

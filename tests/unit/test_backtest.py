@@ -232,16 +232,21 @@ def test_any_batch_size_decides_as_each_record_alone(tmp_path: Path, seed: int) 
             assert got.undone > 0
 
 
+LIMIT, RECOVERED = "expansion.usage_threshold", "expansion.recovered"
+
+
 def test_batching_each_account_together_would_decide_otherwise(tmp_path: Path) -> None:
-    """Why the rounds: a `latest` value that rises past a level and falls back fires when each
-    event is evaluated alone, not when the account's events are evaluated together."""
+    """Why the rounds: a `latest` value that rises past a level and falls back fires (and then
+    recovers) when each event is evaluated alone, not when the account's events are evaluated
+    together."""
     docs = [
         event(i, "storage.snapshot", "acct-s", T0 + i * 1000, {"gb": gb})
         for i, gb in enumerate(["0.5", "1.5", "0.3"])
     ]
     events = write(tmp_path, "e.jsonl", [orjson.dumps(d) for d in docs])
     alone = backtest(catalog(), events, None, 2000)
-    assert [t["data"]["percent"] for t in alone.trigger_events()] == [80, 100]
+    got = [(t["type"], t["data"]["percent"]) for t in alone.trigger_events()]
+    assert sorted(got) == sorted([(LIMIT, 80), (LIMIT, 100), (RECOVERED, 80), (RECOVERED, 100)])
     together = Replay(catalog(), OPTIONS)
     together.usage(
         [Record(EVENTS_TOPIC, 0, i, None, orjson.dumps(d), ()) for i, d in enumerate(docs)], T0 + 5000
@@ -380,14 +385,18 @@ def test_revenue_at_stake_counts_each_account_and_offer_once() -> None:
             6, "c", "reports-power-user", {"plan": "enterprise", "monthly_delta": None, "contact_sales": True}
         ),
         trig(7, "c", "first-million-payments", None),
+        # a recovery of limit-warn's trigger 3: listed, not a firing, no revenue
+        trig(8, "b", "limit-warn", starter) | {"type": "expansion.recovered"},
     ]
     out = summary(catalog(), triggers)
     assert out["rules"] == {
-        "limit-warn": {"fired": 3, "accounts": 2, "revenue_at_stake": "98.00"},
+        "limit-warn": {"fired": 3, "accounts": 2, "revenue_at_stake": "98.00", "recovered": 1},
         "reports-power-user": {"fired": 1, "accounts": 1, "revenue_at_stake": "0.00"},
         "gated-feature": {"fired": 1, "accounts": 1, "revenue_at_stake": "39.00"},
         "first-million-payments": {"fired": 1, "accounts": 1, "revenue_at_stake": "0.00"},
         "spend-cap": {"fired": 1, "accounts": 1, "revenue_at_stake": "49.00"},
+        "api-runway": {"fired": 0, "accounts": 0, "revenue_at_stake": "0.00"},
+        "monthly-heavy-user": {"fired": 0, "accounts": 0, "revenue_at_stake": "0.00"},
     }
     assert out["revenue_at_stake"] == "137.00"
     assert out["triggers"] == triggers

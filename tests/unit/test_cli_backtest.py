@@ -53,13 +53,18 @@ def test_json_is_the_spec_shape(demo: tuple[Path, Path]) -> None:
     assert done.stderr == ""
     report = orjson.loads(done.stdout)
     assert list(report)[:3] == ["triggers", "rules", "revenue_at_stake"]
-    assert report["revenue_at_stake"] == "478.00"
+    # the demo's story (rules/make_demo.py): acct-demo-free crosses its limits (and a forecast
+    # sees it coming), acct-demo-tide's storage rises, falls back (two recoveries) and rises
+    # again, acct-demo-heavy is a monthly heavy user (threshold, forecast and composite)
+    assert report["revenue_at_stake"] == "576.00"
     assert report["rules"] == {
-        "limit-warn": {"fired": 6, "accounts": 1, "revenue_at_stake": "49.00"},
+        "limit-warn": {"fired": 10, "accounts": 3, "revenue_at_stake": "147.00", "recovered": 2},
         "reports-power-user": {"fired": 1, "accounts": 1, "revenue_at_stake": "50.00"},
         "gated-feature": {"fired": 2, "accounts": 1, "revenue_at_stake": "179.00"},
         "first-million-payments": {"fired": 1, "accounts": 1, "revenue_at_stake": "100.00"},
         "spend-cap": {"fired": 2, "accounts": 1, "revenue_at_stake": "100.00"},
+        "api-runway": {"fired": 2, "accounts": 2, "revenue_at_stake": "98.00"},
+        "monthly-heavy-user": {"fired": 1, "accounts": 1, "revenue_at_stake": "49.00"},
     }
     for t in report["triggers"]:
         assert t["specversion"] == "1.0" and t["source"] == "metering" and t["id"].startswith("trg-")
@@ -67,8 +72,9 @@ def test_json_is_the_spec_shape(demo: tuple[Path, Path]) -> None:
     times = [parse_rfc3339(t["time"]) for t in report["triggers"]]
     assert times == sorted(times)
     assert report["dead_letters"] == {}
-    assert report["counts"]["events"] == report["counts"]["applied"] == 10_025
-    assert report["counts"]["subscriptions_applied"] == 4
+    assert report["counts"]["events"] == report["counts"]["applied"] == 18_540
+    assert report["counts"]["subscriptions_applied"] == 51
+    assert report["conversions"] == []  # no upgrade in these files
 
 
 def test_the_readable_report(demo: tuple[Path, Path]) -> None:
@@ -89,8 +95,8 @@ def test_the_readable_report(demo: tuple[Path, Path]) -> None:
         "1",
         "100.00",
     ]
-    assert any("total" in line and "478.00" in line for line in lines)
-    assert any(line.startswith("events: 10,025 read") for line in lines)
+    assert any("total" in line and "576.00" in line for line in lines)
+    assert any(line.startswith("events: 18,540 read") for line in lines)
     assert done.stderr.startswith("rules: version ")
     summary = cli(events, "--rules", EXAMPLE_PATH, "--accounts", accounts, "--summary")
     assert not any("trg-" in line for line in summary.stdout.splitlines())
@@ -127,15 +133,19 @@ def test_compare_a_lowered_limit(tmp_path: Path) -> None:
     assert (rule["gained"], rule["lost"], rule["changed"]) == (2, 0, 0)
     assert (rule["before"]["fired"], rule["after"]["fired"]) == (0, 2)
     assert diff["revenue_at_stake"] == {"before": "0.00", "after": "49.00"}
-    assert sorted((t["subject"], t["data"]["percent"], t["data"]["value"]) for t in diff["gained"]) == [
+    gained = [t for t in diff["gained"] if t["data"]["rule"] == "limit-warn"]
+    assert sorted((t["subject"], t["data"]["percent"], t["data"]["value"]) for t in gained) == [
         ("acct-a", 80, 400),
         ("acct-a", 100, 500),
     ]
+    # and the forecast sees acct-a's runway end before it does (acct-b never gets near)
+    (runway,) = [t for t in diff["gained"] if t["data"]["rule"] == "api-runway"]
+    assert runway["subject"] == "acct-a" and runway["data"]["value"] < 400
     assert diff["lost"] == []
 
     readable = cli(events, "--rules", EXAMPLE_PATH, "--compare", lowered)
     assert readable.returncode == 0, readable.stderr
-    assert sum(line.startswith("+ ") for line in readable.stdout.splitlines()) == 2
+    assert sum(line.startswith("+ ") for line in readable.stdout.splitlines()) == 3
     assert any(
         "limit-warn" in line and "0 -> 2" in line and "+2" in line for line in readable.stdout.splitlines()
     )
