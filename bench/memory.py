@@ -1,7 +1,8 @@
 """Redis memory of the engine's key prefix: bytes per active account (every key but the
 dedup hashes, over the accounts that have keys) and bytes per deduplicated event id (the
-dedup hashes `<base>d:<bucket>` over their field count). MEMORY USAGE with SAMPLES 0 is
-exact for aggregates (it walks every element)."""
+dedup hashes over the ids they hold: the dense `<base>dd:<bucket>` (issue 14) by their values'
+bytes / 12, the earlier one-field-per-id `<base>d:<bucket>` by their field count). MEMORY USAGE
+with SAMPLES 0 is exact for aggregates (it walks every element)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import redis
 
 from bench.infra import REDIS_URL
 
-DEDUP = re.compile(rb":d:-?\d+$")
+DEDUP = re.compile(rb":(?:d|dd):-?\d+$")
+DIGEST_BYTES = 12  # a dense bucket holds 12-byte digests back to back
 ACCOUNT = re.compile(rb"\{([^}]*)\}")
 
 
-def measure(prefix: str) -> dict[str, Any]:
-    r = redis.Redis.from_url(REDIS_URL)
+def measure(prefix: str, url: str = REDIS_URL) -> dict[str, Any]:
+    r = redis.Redis.from_url(url)
     try:
         keys = list(r.scan_iter(match=f"{prefix}:*", count=5000))
         account_bytes = dedup_bytes = dedup_ids = 0
@@ -31,8 +33,14 @@ def measure(prefix: str) -> dict[str, Any]:
             dedup_keys = [k for k in chunk if DEDUP.search(k)]
             pipe = r.pipeline(transaction=False)
             for k in dedup_keys:
-                pipe.hlen(k)
-            lengths = dict(zip(dedup_keys, pipe.execute(), strict=True))
+                if k.rsplit(b":", 2)[-2] == b"dd":
+                    pipe.hvals(k)
+                else:
+                    pipe.hlen(k)
+            lengths = {
+                k: sum(len(v) for v in got) // DIGEST_BYTES if isinstance(got, list) else int(got)
+                for k, got in zip(dedup_keys, pipe.execute(), strict=True)
+            }
             for k, raw in zip(chunk, usage, strict=True):
                 used = int(raw or 0)
                 if k in lengths:

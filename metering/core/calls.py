@@ -28,7 +28,7 @@ class EventUpdate(NamedTuple):
     """One event's share of an apply call (a tuple: one is made per event)."""
 
     offset: int
-    digest: str  # of the dedup identity (source, id)
+    digest: str  # of the dedup identity (source, id): `plan.id_digest`, 12 chars < 256
     period: str  # "2026-11"
     week: str  # "2026-W45"
     time_ms: int

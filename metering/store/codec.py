@@ -11,6 +11,7 @@ against a Python model, the other scripts through the pipeline tests).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
@@ -56,6 +57,7 @@ def lua_preamble() -> str:
             _lua_table("K", dict(keys.LUA)),
             _lua_table("OP", dict(OP)),
             _lua_table("FLAG", {"applied": APPLIED, "duplicate": DUPLICATE, "redelivered": REDELIVERED}),
+            f"local DIGEST = {DIGEST_BYTES}",
         )
     )
 
@@ -74,18 +76,45 @@ def _json(value: object) -> bytes:
 
 # -- apply -------------------------------------------------------------------------------
 
+#: Bytes of a dedup digest as the store keeps it (96 bits; `DIGEST` in the scripts).
+DIGEST_BYTES = 12
+
+
+def digest_bytes(digest: str) -> bytes:
+    """The 12 bytes an EventUpdate's digest stands for: a planner's digest (`plan.id_digest`,
+    one character per byte) as it is; any other string (a test's "d1") hashed to 96 bits."""
+    if len(digest) == DIGEST_BYTES:
+        try:
+            return digest.encode("latin-1")
+        except UnicodeEncodeError:
+            pass
+    return hashlib.blake2b(digest.encode("utf-8", "surrogatepass"), digest_size=DIGEST_BYTES).digest()
+
+
+def packed_digests(digests: list[str]) -> bytes:
+    """A call's digests back to back, DIGEST_BYTES each (one C call for planner digests)."""
+    if set(map(len, digests)) <= {DIGEST_BYTES}:
+        try:
+            return "".join(digests).encode("latin-1")
+        except UnicodeEncodeError:
+            pass
+    return b"".join(map(digest_bytes, digests))
+
 
 def apply_args(base: str, call: ApplyCall, bucket: int, ttl: int, week_cutoff: str, weekly: str) -> Args:
     """ARGV: base, watermark field, dedup bucket, its TTL (0 = no dedup), oldest ISO week
-    kept, the JSON request (events as arrays, read-back lists), the weekly meters."""
+    kept, the JSON request (events as arrays without their digests, read-back lists), the
+    weekly meters, the events' digests packed (binary)."""
+    events = call.events
     req = {
-        "ev": call.events,
+        "ev": [(e[0], e[2], e[3], e[4], e[5]) for e in events],
         "periods": call.periods,
         "uniq": call.uniq,
         "weeks": call.weeks,
         "marks": call.marks,
     }
-    return [base + keys.SUB], [base, call.wm_field, bucket, ttl, week_cutoff, _json(req), weekly]
+    digests = packed_digests([e[1] for e in events])
+    return [base + keys.SUB], [base, call.wm_field, bucket, ttl, week_cutoff, _json(req), weekly, digests]
 
 
 def _text(x: bytes | str | int) -> str:

@@ -38,7 +38,7 @@ def account_base(prefix: str, account: str) -> str:
 
 # Suffixes after the account base.
 SUB: Final = "sub"  # hash: subscription state
-WATERMARK: Final = "wm"  # hash: <topic>/<partition> -> last applied offset
+WATERMARK: Final = "wm"  # hash: <topic>/<partition> -> last applied offset; dc:<bucket> -> dedup field count
 LIFE: Final = "life"  # hash: meter -> lifetime total
 FIRED: Final = "fired"  # hash: trigger scope -> fired mark (JSON)
 OUTBOX: Final = "ob"  # list: triggers recorded but not yet acknowledged by Kafka
@@ -49,7 +49,10 @@ CONVERTED: Final = "cv"  # hash: trigger id -> its conversion (JSON), at most on
 PERIOD: Final = "p:"  # hash per billing period: <meter>:v value, <meter>:n events, <meter>:t time
 UNIQUE: Final = "u:"  # set per unique_count meter and period: u:<meter>:<period>
 WEEKS: Final = "w:"  # hash per power-user meter: ISO week -> matching events (12 kept)
-DEDUP: Final = "d:"  # hash per dedup bucket: id digest -> 1 (expires after two windows)
+DEDUP: Final = "dd:"  # hash per dedup bucket: 12-byte digests packed in fields (expires after two windows)
+# The one-field-per-id layout before issue 14 (base64 digest -> 1): never written any more, only
+# read while such hashes can still exist (two dedup windows after an upgrade; see apply.lua).
+DEDUP_V1: Final = "d:"
 
 #: The names the Lua scripts use (`K.<name>` in the preamble).
 LUA: Final = MappingProxyType(
@@ -66,6 +69,7 @@ LUA: Final = MappingProxyType(
         "unique": UNIQUE,
         "weeks": WEEKS,
         "dedup": DEDUP,
+        "dedup_v1": DEDUP_V1,
     }
 )
 

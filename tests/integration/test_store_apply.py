@@ -10,6 +10,7 @@ model test are about the Redis connection itself and run on Redis only."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -21,10 +22,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from metering.core.calls import ApplyCall
+from metering.core.plan import id_digest
 from metering.core.state import pairs
 from metering.errors import StoreUnavailable
 from metering.settings import Settings
-from metering.store import RedisStore, Store
+from metering.store import RedisStore, Store, keys
 from tests.store_contract import Stores
 
 METERS = {"calls": "c", "tokens": "s", "peak": "x", "users": "u", "plan_level": "l"}
@@ -254,3 +256,175 @@ def test_an_idle_health_check_never_reads_a_reply_in_flight(store: Store) -> Non
     assert first.result()[0].flags == "1"
     assert second.result()[0].flags == "1"
     assert (_calls_total(store, a), _calls_total(store, b)) == ("2", "1")
+
+
+# -- issue 14: the dense dedup buckets (12-byte digests packed in the fields of a linear hash
+# per account and bucket), the dedup window across buckets, redelivered batches, the upgrade
+# from the one-field-per-id layout ------------------------------------------------------------
+
+WINDOW_MS = 3_600_000  # the dedup window of the windowed tests: one hour
+
+
+@pytest.fixture
+def windowed_store(services: dict[str, str]) -> Iterator[Store]:
+    """A Redis store with a one-hour dedup window (tests step `now` across its buckets)."""
+    prefix = "tsw" + uuid.uuid4().hex[:8]
+    s = RedisStore(
+        Settings(redis_url=services["redis"], key_prefix=prefix, dedup_window="1h")  # type: ignore[arg-type]
+    )
+    yield s
+    r = redis.Redis.from_url(services["redis"])
+    for key in r.scan_iter(match=f"{prefix}*", count=1000):
+        r.delete(key)
+    r.close()
+    s.close()
+
+
+class WindowModel(Model):
+    """The model with the dedup window: a digest is a duplicate only if it was recorded in the
+    current bucket or the one before (floor(now / window)), as the store keeps them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recorded: dict[str, int] = {}  # digest -> last bucket it was recorded in
+
+    def apply_at(self, bucket: int, call: list[tuple[int, Any]]) -> str:
+        self.seen = {d for d, b in self.recorded.items() if b >= bucket - 1}
+        flags = self.apply(call)
+        for (_, (digest, *_rest)), flag in zip(call, flags, strict=True):
+            if flag == "1":
+                self.recorded[digest] = bucket
+        return flags
+
+
+@st.composite
+def windowed_calls(draw: Any) -> list[tuple[int, list[tuple[int, Any]]]]:
+    """Calls at non-decreasing dedup buckets (a step of 0, 1 or 2: inside the window, the next
+    bucket, past the window), some calls replayed whole (a redelivered batch)."""
+    out: list[tuple[int, list[tuple[int, Any]]]] = []
+    bucket = 0
+    for call in draw(calls()):
+        bucket += draw(st.sampled_from([0, 0, 1, 2]))
+        out.append((bucket, call))
+        if draw(st.integers(0, 4)) == 0:
+            out.append((bucket, call))  # the same batch again: every event redelivered
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=windowed_calls())
+def test_duplicates_inside_and_outside_the_window_and_redelivered_batches(
+    windowed_store: Store, batches: list[tuple[int, list[tuple[int, Any]]]]
+) -> None:
+    account = "acct-" + uuid.uuid4().hex[:8]
+    model = WindowModel()
+    base_ms = 1_795_000_000_000 // WINDOW_MS * WINDOW_MS
+    for bucket, call in batches:
+        args = [(off, d, p, w, ts, ups) for off, (d, p, w, ts, ups) in call]
+        periods = sorted({a[2] for a in args})
+        res = windowed_store.apply(
+            [ApplyCall(account, "ev/0", args, periods, ["users"], ["calls"], [])],
+            base_ms + bucket * WINDOW_MS + 1,
+            "2026-W01",
+            weekly=WEEKLY,
+        )[0]
+        assert res.flags == model.apply_at(bucket, call), (bucket, call)
+    read = ApplyCall(account, "__read__/0", (), PERIODS, ["users"], sorted(METERS), ())
+    res = windowed_store.apply([read], base_ms, "")[0]
+    for p, flat, _uniq in res.periods:
+        assert _nonzero(pairs(flat)) == _nonzero(model.period_hash(p)), p
+    assert _nonzero(pairs(res.lifetime)) == _nonzero({m: str(v) for m, v in model.life.items()})
+
+
+# Redis-only from here: these read the store's keys.
+
+
+def test_a_busy_account_splits_its_dedup_bucket_and_finds_every_duplicate(
+    store: Store,
+    redis_client: redis.Redis,  # type: ignore[type-arg]
+) -> None:
+    """Thousands of ids in one bucket (the fields of the dense bucket split as they grow):
+    every re-sent id is found, wherever it went, every new one is counted once, and the
+    bucket holds each counted id's 12 bytes once."""
+    import random
+
+    account = "acct-" + uuid.uuid4().hex[:8]
+    rng = random.Random(7)
+    now_ms = 1_795_000_000_000
+    sent: list[str] = []
+    offset = counted = 0
+    for n in (3000, 1, 700, 2500, 40):
+        evs, want = [], ""
+        fresh_here: set[str] = set()
+        for _ in range(n):
+            if sent and rng.random() < 0.2:
+                d = rng.choice(sent)  # re-sent: a duplicate
+                want += "d"
+            else:
+                d = id_digest("src", f"id-{offset}")
+                want += "d" if d in fresh_here else "1"
+                fresh_here.add(d)
+            evs.append((offset, d, "2026-11", "2026-W45", 1, [("calls", "c", "")]))
+            offset += 1
+        sent += sorted(fresh_here)
+        res = store.apply([ApplyCall(account, "ev/0", evs, ["2026-11"], [], [], [])], now_ms, "")[0]
+        assert res.flags == want
+        counted += want.count("1")
+        # the same batch again (a redelivery after a crash): nothing counted twice
+        again = store.apply([ApplyCall(account, "ev/0", evs, ["2026-11"], [], [], [])], now_ms, "")[0]
+        assert again.flags == "r" * n
+    assert _calls_total(store, account) == str(counted)
+    bucket_key = f"{store.prefix}:{{{account}}}:{keys.DEDUP}{now_ms // 86_400_000}"  # type: ignore[attr-defined]
+    assert redis_client.hlen(bucket_key) > 16, "the bucket split into fields as it grew"
+    stored = sum(len(v) for v in redis_client.hvals(bucket_key))
+    assert stored == 12 * counted, "each counted id's digest once, 12 bytes"
+
+
+def test_only_the_two_live_buckets_keep_a_field_count(
+    windowed_store: Store,
+    redis_client: redis.Redis,  # type: ignore[type-arg]
+) -> None:
+    """An account active in bucket after bucket keeps the dedup field counts of the current
+    and the previous bucket beside its watermarks, never a growing list of old ones."""
+    account = "acct-" + uuid.uuid4().hex[:8]
+    base_ms = 1_795_000_000_000 // WINDOW_MS * WINDOW_MS
+    for i, bucket in enumerate([0, 1, 5, 9, 10]):
+        windowed_store.apply([_one_event_call(account, i, f"id{i}")], base_ms + bucket * WINDOW_MS, "")
+    prefix = windowed_store.prefix  # type: ignore[attr-defined]
+    fields = redis_client.hkeys(f"{prefix}:{{{account}}}:{keys.WATERMARK}")
+    first = base_ms // WINDOW_MS
+    assert sorted(f.decode() for f in fields if f.startswith(b"dc:")) == sorted(
+        [f"dc:{first + 9}", f"dc:{first + 10}"]
+    )
+
+
+def test_ids_in_the_earlier_one_field_per_id_buckets_stay_duplicates_after_an_upgrade(
+    windowed_store: Store,
+    redis_client: redis.Redis,  # type: ignore[type-arg]
+) -> None:
+    """A deployment upgraded in place has ids in `d:<bucket>` hashes (base64 digest -> 1,
+    written by the code before issue 14): while those can exist, an id in the current or the
+    previous one is a duplicate, an id in an older one is not, and nothing new goes there."""
+    account = "acct-" + uuid.uuid4().hex[:8]
+    prefix = windowed_store.prefix  # type: ignore[attr-defined]
+    base = f"{prefix}:{{{account}}}:"
+    bucket = 1_795_000_000_000 // WINDOW_MS
+    now_ms = bucket * WINDOW_MS + 1
+
+    def old_field(event_id: str) -> str:
+        return base64.b64encode(id_digest("src", event_id).encode("latin-1")).decode()
+
+    # as the earlier script left them: one id in the current bucket, one in the previous, one older
+    for b, event_id in ((bucket, "in-cur"), (bucket - 1, "in-prev"), (bucket - 2, "too-old")):
+        redis_client.hset(f"{base}{keys.DEDUP_V1}{b}", old_field(event_id), "1")
+    ids = ["in-cur", "in-prev", "too-old", "new", "new"]
+    ups = [("calls", "c", "")]
+    evs = [(i, id_digest("src", e), "2026-11", "2026-W45", 1, ups) for i, e in enumerate(ids)]
+    res = windowed_store.apply([ApplyCall(account, "ev/0", evs, ["2026-11"], [], [], [])], now_ms, "")[0]
+    assert res.flags == "dd11d"
+    assert _calls_total(windowed_store, account) == "2"
+    assert redis_client.hlen(f"{base}{keys.DEDUP_V1}{bucket}") == 1, "the earlier layout is never written"
+    # the ids just counted are in the dense bucket: a later call finds them there
+    again = [(5 + i, d, *rest) for i, (_, d, *rest) in enumerate(evs)]
+    res = windowed_store.apply([ApplyCall(account, "ev/0", again, ["2026-11"], [], [], [])], now_ms, "")[0]
+    assert res.flags == "ddddd"

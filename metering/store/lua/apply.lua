@@ -7,10 +7,12 @@
 -- ARGV[2]  watermark field "<topic>/<partition>"
 -- ARGV[3]  dedup bucket index (floor(now / window)); ARGV[4] bucket TTL seconds; "0" = no dedup
 -- ARGV[5]  oldest ISO week to keep in the weekly counts ("2026-W35")
--- ARGV[6]  JSON request: {"ev": [[offset, id_digest, period, week, ts_ms, [[meter, op, arg], ...]], ...],
+-- ARGV[6]  JSON request: {"ev": [[offset, period, week, ts_ms, [[meter, op, arg], ...]], ...],
 --                         "periods": [...], "uniq": [...], "weeks": [...], "marks": [...]}
 -- ARGV[7]  the meters whose ISO-week counts are kept, space-separated (the power-user
 --          meters: nothing else reads weekly counts)
+-- ARGV[8]  the events' (source, id) digests, DIGEST bytes each, back to back, in event order
+--          (binary: never JSON)
 --
 -- Exactly once: an event whose offset is at or below the (account, partition) watermark was
 -- applied by an earlier call (a redelivery after a crash or rebalance, or a fenced zombie's
@@ -25,14 +27,30 @@
 -- goes to HINCRBY (int64 in Redis). A value is never rounded.
 --
 -- Cost: a redis.call from Lua costs far more than a table update, so the script makes a fixed
--- number of calls per account (about 15), not per event: the dedup digests are checked with
--- one HMGET per bucket and recorded with one HSET; each period hash and the lifetime hash are
--- read once (the read-back needs them anyway), updated in Lua and written with one HSET.
+-- number of calls per account (about 15), not per event: the watermark and the dedup
+-- buckets' field counts with one HMGET, each bucket's fields with one HMGET, the new digests
+-- with one HSET; each period hash and the lifetime hash are read once (the read-back needs
+-- them anyway), updated in Lua and written with one HSET.
+--
+-- Dedup marks, dense (issue 14): one hash per account and bucket (K.dedup .. bucket); its
+-- fields "0".."F-1" each hold DIGEST-byte digests back to back. The fields are a linear hash:
+-- a digest's field is its first three bytes modulo 2^(L+1), or modulo 2^L when that field does
+-- not exist yet (L = floor(log2 F)); each time a field grows past SPLIT bytes the next field
+-- in turn splits, so fields stay a few hundred bytes and a lookup is one C-level string.find
+-- in one small string. F of the current and the previous bucket is kept beside the
+-- watermarks (field "dc:<bucket>" of K.wm: read with the watermark, no HLEN). About DIGEST
+-- bytes per id plus a share of its field's overhead, against ~60 for a hash field per id.
+--
+-- Upgrade: the earlier layout kept one field per id (base64 of the digest) in K.dedup_v1 ..
+-- bucket. Those hashes are never written again and expire two windows after their last write;
+-- until then an id in them is still a duplicate: one EXISTS per call looks for them, and only
+-- when one exists are they read (HMGET of the base64 digests). Remove that check once every
+-- deployment has run this script for two dedup windows (README, "Redis keys").
 --
 -- Returns {flags, sub, periods, life, weeks, marks, outbox}; flags has one char per event:
 -- FLAG.applied, FLAG.duplicate (source, id) or FLAG.redelivered (offset already applied).
 --
--- K (key suffixes), OP (meter update ops) and FLAG come from the preamble that
+-- K (key suffixes), OP (meter update ops), FLAG and DIGEST come from the preamble that
 -- metering/store/codec.py generates from the Python names: never spell them out here.
 -- The argument packing and the reply parsing live in codec.py as well.
 
@@ -47,9 +65,9 @@ for meter in string.gmatch(ARGV[7] or '', '%S+') do weekly[meter] = true end
 
 local wm_key = base .. K.wm
 local life_key = base .. K.life
-local cur_dedup = base .. K.dedup .. bucket
-local prev_dedup = base .. K.dedup .. (bucket - 1)
+local blob = ARGV[8] or ''
 local CHUNK = 3000 -- arguments per unpack(): Lua's C stack holds 8000
+local SPLIT = DIGEST * 64 -- bytes past which a dedup field makes the next one split
 
 local function call_chunked(cmd, key, args)
   for j = 1, #args, CHUNK do
@@ -67,8 +85,114 @@ local function hmget(key, fields)
   return out
 end
 
--- 1. Offsets, then (source, id) digests.
-local watermark = tonumber(redis.call('HGET', wm_key, wm_field) or '-1')
+-- the first three bytes of a digest, as a number: its place in the linear hash
+local function prefix(d)
+  local a, b, c = string.byte(d, 1, 3)
+  return (a * 256 + b) * 256 + c
+end
+
+-- the field of a prefix in a bucket of f fields (f >= 1)
+local function field_of(h, f)
+  if f <= 1 then return 0 end
+  local size = 1
+  while size * 2 <= f do size = size * 2 end -- 2^L <= f < 2^(L+1)
+  local i = h % (size * 2)
+  if i >= f then i = h % size end
+  return i
+end
+
+-- whether digest d is one of the digests packed in field value v (at a DIGEST-aligned place)
+local function has(v, d)
+  if not v then return false end
+  local init = 1
+  while true do
+    local i = string.find(v, d, init, true)
+    if not i then return false end
+    if (i - 1) % DIGEST == 0 then return true end
+    init = i + 1
+  end
+end
+
+-- One bucket: its field count and the fields the digests `hs` fall in (index -> value).
+local function load(key, count, hs)
+  local f = tonumber(count or '0')
+  local at, names, seen, values = {}, {}, {}, {}
+  if f > 0 then
+    for j = 1, #hs do
+      local i = field_of(hs[j], f)
+      at[j] = i
+      if not seen[i] then
+        seen[i] = true
+        names[#names + 1] = tostring(i)
+      end
+    end
+    local got = hmget(key, names)
+    for k = 1, #names do values[tonumber(names[k])] = got[k] or nil end
+  end
+  return {key = key, f = f, at = at, values = values}
+end
+
+local function found_in(b, j, d)
+  return b.f > 0 and has(b.values[b.at[j]], d)
+end
+
+-- base64 of a digest: its field name in the earlier one-field-per-id layout
+local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+local function b64(d)
+  local out = {}
+  for p = 1, #d, 3 do
+    local a, b, c = string.byte(d, p, p + 2)
+    local n = (a * 256 + b) * 256 + c
+    for _, k in ipairs({math.floor(n / 262144), math.floor(n / 4096) % 64, math.floor(n / 64) % 64, n % 64}) do
+      out[#out + 1] = string.sub(B64, k + 1, k + 1)
+    end
+  end
+  return table.concat(out)
+end
+
+-- Appends the digests `add` (field index -> list) to bucket `b`, splitting grown fields, and
+-- writes the changed fields with one HSET; returns the bucket's new field count.
+local function record(b, add)
+  local f, values = b.f, b.values
+  if f == 0 then f = 1 end
+  local changed, splits = {}, 0
+  for i, t in pairs(add) do
+    local v = (values[i] or '') .. table.concat(t)
+    values[i] = v
+    changed[i] = true
+    splits = splits + math.floor(#v / SPLIT)
+  end
+  if splits > 64 then splits = 64 end
+  for _ = 1, splits do
+    -- split field s = f - 2^L into s and f (by bit L of the prefix)
+    local size = 1
+    while size * 2 <= f do size = size * 2 end
+    local s = f - size
+    local v = values[s]
+    if v == nil then v = redis.call('HGET', b.key, tostring(s)) or '' end
+    local keep, move = {}, {}
+    for p = 1, #v, DIGEST do
+      local d = string.sub(v, p, p + DIGEST - 1)
+      if prefix(d) % (size * 2) == s then keep[#keep + 1] = d else move[#move + 1] = d end
+    end
+    values[s], values[f] = table.concat(keep), table.concat(move)
+    changed[s], changed[f] = true, true
+    f = f + 1
+  end
+  local flat = {}
+  for i, _ in pairs(changed) do
+    flat[#flat + 1] = tostring(i)
+    flat[#flat + 1] = values[i]
+  end
+  call_chunked('HSET', b.key, flat)
+  return f
+end
+
+-- 1. Offsets, then (source, id) digests. The watermark and the buckets' field counts in one read.
+local cur_count, prev_count = 'dc:' .. bucket, 'dc:' .. (bucket - 1)
+local wm_now = redis.call('HMGET', wm_key, wm_field, cur_count, prev_count)
+local watermark = tonumber(wm_now[1] or '-1')
+local wm_set = {} -- fields of the watermark hash to write (one HSET at the end)
 local flags = {}
 local fresh = {} -- indices of events past the watermark
 local max_offset = watermark
@@ -83,26 +207,55 @@ for i = 1, #events do
   end
 end
 if ttl > 0 and #fresh > 0 then
-  local digests = {}
-  for j = 1, #fresh do digests[j] = events[fresh[j]][2] end
-  local in_prev = hmget(prev_dedup, digests)
-  local in_cur = hmget(cur_dedup, digests)
+  local digests, hs = {}, {}
+  for j = 1, #fresh do
+    local i = fresh[j]
+    local d = string.sub(blob, (i - 1) * DIGEST + 1, i * DIGEST)
+    digests[j] = d
+    hs[j] = prefix(d)
+  end
+  local cur = load(base .. K.dedup .. bucket, wm_now[2], hs)
+  local prev = load(base .. K.dedup .. (bucket - 1), wm_now[3], hs)
+  -- the earlier layout, while its hashes can still exist (see Upgrade above)
+  local old_cur, old_prev = base .. K.dedup_v1 .. bucket, base .. K.dedup_v1 .. (bucket - 1)
+  local in_old_cur, in_old_prev = {}, {}
+  if redis.call('EXISTS', old_cur, old_prev) > 0 then
+    local names = {}
+    for j = 1, #fresh do names[j] = b64(digests[j]) end
+    in_old_cur, in_old_prev = hmget(old_cur, names), hmget(old_prev, names)
+  end
   local seen = {}
-  local record = {}
+  local add, any = {}, false
+  local f = cur.f > 0 and cur.f or 1
   for j = 1, #fresh do
     local d = digests[j]
-    if in_prev[j] or in_cur[j] or seen[d] then
+    if seen[d] or found_in(cur, j, d) or found_in(prev, j, d) or in_old_cur[j] or in_old_prev[j] then
       flags[fresh[j]] = FLAG.duplicate
     else
       seen[d] = true
       flags[fresh[j]] = FLAG.applied
-      record[#record + 1] = d
-      record[#record + 1] = '1'
+      local i = field_of(hs[j], f)
+      local t = add[i]
+      if not t then t = {}; add[i] = t end
+      t[#t + 1] = d
+      any = true
     end
   end
-  if #record > 0 then
-    call_chunked('HSET', cur_dedup, record)
-    redis.call('EXPIRE', cur_dedup, ttl)
+  if any then
+    local count = record(cur, add)
+    if cur.f == 0 then
+      redis.call('EXPIRE', cur.key, ttl)
+      -- a new bucket: the field counts of buckets before the previous one go (their keys expire)
+      for _, name in ipairs(redis.call('HKEYS', wm_key)) do
+        if string.sub(name, 1, 3) == 'dc:' and name ~= cur_count and name ~= prev_count then
+          redis.call('HDEL', wm_key, name)
+        end
+      end
+    end
+    if count ~= cur.f then
+      wm_set[#wm_set + 1] = cur_count
+      wm_set[#wm_set + 1] = tostring(count)
+    end
   end
 else
   for j = 1, #fresh do flags[fresh[j]] = FLAG.applied end
@@ -148,7 +301,7 @@ end
 for i = 1, #events do
   if flags[i] == FLAG.applied then
     local ev = events[i]
-    local period, week, ts, ups = ev[3], ev[4], ev[5], ev[6]
+    local period, week, ts, ups = ev[2], ev[3], ev[4], ev[5]
     local pkey = base .. K.period .. period
     for _, u in ipairs(ups) do
       local meter, op, arg = u[1], u[2], u[3]
@@ -259,8 +412,10 @@ for wkey, bumps in pairs(week_bumps) do
 end
 
 if max_offset > watermark then
-  redis.call('HSET', wm_key, wm_field, string.format('%d', max_offset))
+  wm_set[#wm_set + 1] = wm_field
+  wm_set[#wm_set + 1] = string.format('%d', max_offset)
 end
+if #wm_set > 0 then redis.call('HSET', wm_key, unpack(wm_set)) end
 
 -- 4. Read back what trigger evaluation needs.
 local periods = {}
