@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from metering.settings import Settings
+from tests.store_contract import KINDS, Stores
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / "deploy" / "local"
@@ -52,6 +53,16 @@ def settings(services: dict[str, str], test_id: str, tmp_path: Path) -> Iterator
     r.close()
 
 
+@pytest.fixture(params=KINDS)
+def stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
+    """Stores of each kind in turn (tests/store_contract.py): the store contract tests run
+    against the real Redis and the in-memory store alike."""
+    url = request.getfixturevalue("services")["redis"] if request.param == "redis" else None
+    made = Stores(request.param, url)
+    yield made
+    made.close()
+
+
 @pytest.fixture
 def redis_client(services: dict[str, str]) -> Iterator[redis.Redis]:
     r = redis.Redis.from_url(services["redis"])
@@ -63,4 +74,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # A test that touches the services is an integration test, whatever its author marked.
     for item in items:
         if {"services", "settings", "redis_client"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("stores") == "redis":
             item.add_marker(pytest.mark.integration)

@@ -7,7 +7,17 @@ import importlib
 from metering.cli.app import app
 
 # Sub-command modules; a module that is not written yet is simply absent.
-_COMMANDS = ("quote", "rules_check", "topics", "run", "account", "send", "tail", "scorecard")
+_COMMANDS = (
+    "quote",
+    "rules_check",
+    "topics",
+    "run",
+    "account",
+    "send",
+    "tail",
+    "scorecard",
+    "backtest",
+)
 
 
 def _register() -> None:

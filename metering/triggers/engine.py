@@ -10,7 +10,7 @@ several batches would. What they wait for is read back with the batch (the named
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from metering.core.events import Event
@@ -88,6 +88,12 @@ class TriggerEngine:
                 if c.field not in out:
                     out[c.field] = c
         return list(out.values())
+
+    def forget(self, account: str, fields: Iterable[str]) -> None:
+        """Scopes whose marks a caller took back (the backtest's store undoes a run of events
+        it replays one by one): they are not known to have fired any more."""
+        for f in fields:
+            self._fired.discard((account, f))
 
     def _fired_lookup(
         self, state: AccountState, out: dict[str, Candidate]

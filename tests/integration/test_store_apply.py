@@ -1,9 +1,12 @@
-"""The apply script against a plain Python model, on the real Redis (hypothesis).
+"""The apply script against a plain Python model, on the real Redis and on the in-memory store
+alike (hypothesis; the `stores` fixture runs each contract test once per kind of store).
 
 The script gathers a call's updates in Lua doubles and writes each hash once; this checks
 that it stays exact where doubles stop being exact: sums past 15 digits, gathered deltas past
 2^52, stored values past 2^53, maxima compared as strings, `latest` ties, duplicates inside
-one call and across calls, and redeliveries (offsets at or below the watermark)."""
+one call and across calls, and redeliveries (offsets at or below the watermark). The in-memory
+store (`metering/store/memory.py`, the backtest's) must answer the same. The tests after the
+model test are about the Redis connection itself and run on Redis only."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from metering.core.state import pairs
 from metering.errors import StoreUnavailable
 from metering.settings import Settings
 from metering.store import RedisStore, Store, keys
+from tests.store_contract import Stores
 
 METERS = {"calls": "c", "tokens": "s", "peak": "x", "users": "u", "plan_level": "l"}
 PERIODS = ["2026-10", "2026-11"]
@@ -158,7 +162,8 @@ _NINES = str(10**15 - 1)  # the largest gathered value: 11 of them make an odd s
         ]
     ]
 )
-def test_apply_matches_the_model(store: Store, batches: list[list[tuple[int, Any]]]) -> None:
+def test_apply_matches_the_model(stores: Stores, batches: list[list[tuple[int, Any]]]) -> None:
+    store = stores.one()  # one store per test, across the examples (each its own account)
     account = "acct-" + uuid.uuid4().hex[:8]  # a fresh account per example
     model = Model()
     now_ms = 1_795_000_000_000  # one dedup bucket for the whole example
