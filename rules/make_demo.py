@@ -160,21 +160,23 @@ def accounts(now: datetime) -> list[dict[str, Any]]:
     b = Builder(now, "sub-" + now.strftime("%Y%m%d%H%M%S"))
     t = now - timedelta(days=1)
 
-    def sub(account: str, plan: str, started_days: int, **extra: Any) -> dict[str, Any]:
+    def sub(account: str, plan: str, started_days: int, at: datetime = t, **extra: Any) -> dict[str, Any]:
         data = {
             "plan": plan,
             "billing": "monthly",
             "addons": [],
             "started_at": rfc3339(now - timedelta(days=started_days)),
         } | extra
-        return b.event("subscription.updated", account, t, data)
+        return b.event("subscription.updated", account, at, data)
 
     return [
         sub(POWER, "starter", 120),
         sub(GROWTH, "starter", 90),
         sub(PAYMENTS, "pro", 365),
         sub(SPEND, "pro", 200, spend_cap="200.00"),
-        sub(HEAVY, "free", 120),
+        # before its first call (last month's, early in a month), so that a replay by event
+        # time (`metering backtest`) sees the monthly billing and the tenure the composite needs
+        sub(HEAVY, "free", 120, at=min(t, heavy_end(now) - timedelta(hours=2))),
     ]
 
 
@@ -294,7 +296,9 @@ def dump(records: list[dict[str, Any]], path: Path) -> None:
 def write_demo(now: datetime, out_dir: Path = HERE) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     acc, ev = out_dir / "demo-accounts.jsonl", out_dir / "demo-events.jsonl"
-    dump(accounts(now) + subscription_history(now), acc)
+    # in time order (each account's records already are; rfc3339() sorts as text): a replay
+    # by time reads it as is
+    dump(sorted(accounts(now) + subscription_history(now), key=lambda d: str(d["time"])), acc)
     dump(events(now), ev)
     dump(upgrades(now), out_dir / "demo-upgrades.jsonl")
     return acc, ev

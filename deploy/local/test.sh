@@ -6,7 +6,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 deploy/local/install.sh
 deploy/local/up.sh
 deploy/local/status.sh
-echo "== ruff"; ruff check . && ruff format --check .
+# (one command per line: `set -e` does not stop at a failure on the left of `&&`)
+echo "== ruff"
+ruff check .
+ruff format --check .
 echo "== mypy --strict"; mypy
 echo "== import layering (pyproject.toml [tool.importlinter])"; lint-imports --no-cache
 echo "== pytest"

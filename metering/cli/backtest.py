@@ -205,8 +205,11 @@ def _print_triggers(console: Console, triggers: Sequence[Mapping[str, Any]], sig
 def _print_report(console: Console, catalog: Catalog, report: Mapping[str, Any], brief: bool) -> None:
     from rich.table import Table
 
+    from metering.reports.backtest import firings
+
     if not brief:
         _print_triggers(console, report["triggers"])
+    fired = firings(report["triggers"])
     kinds = _kinds(catalog)
     table = Table("rule", "kind", "fired", "accounts", f"revenue at stake ({catalog.currency}/mo)")
     for rule, r in report["rules"].items():
@@ -214,11 +217,18 @@ def _print_report(console: Console, catalog: Catalog, report: Mapping[str, Any],
     table.add_row(
         "[bold]total[/bold]",
         "",
-        str(len(report["triggers"])),
-        str(len({t["subject"] for t in report["triggers"]})),
+        str(len(fired)),
+        str(len({t["subject"] for t in fired})),
         f"[bold]{report['revenue_at_stake']}[/bold]",
     )
     console.print(table)
+    if len(fired) < len(report["triggers"]):
+        console.print(
+            f"recovered: {len(report['triggers']) - len(fired):,} (expansion.recovered: a level "
+            "left again, not a firing)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _print_compare(
@@ -226,7 +236,7 @@ def _print_compare(
 ) -> None:
     from rich.table import Table
 
-    from metering.reports.backtest import compare
+    from metering.reports.backtest import compare, firings
 
     diff = compare(catalog, before, after)
     if not brief:
@@ -250,7 +260,7 @@ def _print_compare(
     rev = diff["revenue_at_stake"]
     table.add_row(
         "[bold]total[/bold]",
-        f"{len(before['triggers'])} -> {len(after['triggers'])}",
+        f"{len(firings(before['triggers']))} -> {len(firings(after['triggers']))}",
         f"+{len(diff['gained'])}",
         f"-{len(diff['lost'])}",
         str(sum(r["changed"] for r in diff["rules"].values())),

@@ -48,6 +48,11 @@ def _at_stake(triggers: Sequence[Mapping[str, Any]]) -> Decimal:
     return sum(offers.values(), Decimal(0))
 
 
+def firings(triggers: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The triggers that are firings (not recoveries)."""
+    return [t for t in triggers if t.get("type") != RECOVERED]
+
+
 def summary(catalog: Catalog, triggers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """SPEC 7.2's report: every trigger, per rule `fired`, `accounts`, `revenue_at_stake`, and
     the total (every rule of the catalog is listed, those that never fired with zeros). An
@@ -75,7 +80,7 @@ def summary(catalog: Catalog, triggers: Sequence[Mapping[str, Any]]) -> dict[str
     return {
         "triggers": list(triggers),
         "rules": rules,
-        "revenue_at_stake": format_money(_at_stake([t for t in triggers if t.get("type") != RECOVERED]), mu),
+        "revenue_at_stake": format_money(_at_stake(firings(triggers)), mu),
     }
 
 

@@ -8,10 +8,11 @@ The files: subscription records (CloudEvents), then usage events as a Kafka reco
 (`{"timestamp", "key", "value"}` per line; each record is produced with that timestamp, the
 arrival time the backtest replays): thousands of events walking accounts through every trigger
 kind of the example catalog (forecast and composite decided in last month's period, so on any
-date; a `latest` threshold that recovers after the service has seen it fire), producer duplicates (which alone would push a meter past a level),
-late and future events (which alone would complete a milestone), and bad records of every
-kind. The late grace is 35 days, so the power user's four weeks count and events of five
-months ago are late whatever the day of the month.
+date; a `latest` threshold that recovers after the service has seen it fire), producer
+duplicates (which alone would push a meter past a level), late and future events (which alone
+would complete a milestone), and bad records of every kind. The late grace is 35 days, so the
+power user's four weeks count and events of five months ago are late whatever the day of the
+month.
 """
 
 from __future__ import annotations
