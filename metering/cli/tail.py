@@ -23,6 +23,7 @@ from consumers import kafka_io
 from metering.cli.app import app, fail
 from metering.cli.common import catalog_or_fail, settings_or_fail, stored_rules
 from metering.errors import StoreUnavailable
+from metering.reports.backtest import offer_text
 from metering.settings import Settings
 from metering.triggers.registry import describe
 from rules.models import Catalog
@@ -34,19 +35,6 @@ TOPIC_WAIT_S = 10.0  # how long to wait for a named topic's metadata before givi
 def _short_id(trigger_id: object) -> str:
     text = str(trigger_id)
     return text if len(text) <= 8 else text[:8] + "…"
-
-
-def _offer(offer: object) -> str:
-    if not isinstance(offer, Mapping):
-        return ""
-    kind = "plan" if "plan" in offer else "addon" if "addon" in offer else None
-    if kind is None:
-        return ""
-    if offer.get("contact_sales"):
-        return f" -> offer {kind} {offer[kind]} (contact sales)"
-    delta = offer.get("monthly_delta")
-    price = f" +{delta}/mo" if delta is not None else ""
-    return f" -> offer {kind} {offer[kind]}{price}"
 
 
 def _converted(data: Mapping[str, Any]) -> str:
@@ -71,7 +59,7 @@ def format_trigger(event: Mapping[str, Any]) -> str:
     details = _converted(data) if kind == "converted" else describe(kind, data)
     if details:
         parts.append(details)
-    return " ".join(parts) + _offer(data.get("offer")) + f"  [{_short_id(event.get('id', '?'))}]"
+    return " ".join(parts) + offer_text(data.get("offer")) + f"  [{_short_id(event.get('id', '?'))}]"
 
 
 def default_topics(settings: Settings, rules: Path | None) -> list[str]:

@@ -123,7 +123,9 @@ def compare(
     }
 
 
-def _offer_text(offer: object) -> str:
+def offer_text(offer: object) -> str:
+    """How a trigger line ends with its offer: ` -> offer plan starter +49.00/mo` (or an
+    add-on, or "contact sales"); empty for none."""
     if not isinstance(offer, Mapping):
         return ""
     kind = "plan" if "plan" in offer else "addon" if "addon" in offer else None
@@ -147,4 +149,4 @@ def trigger_line(t: Mapping[str, Any]) -> str:
     details = describe(kind, data)
     if details:
         parts.append(details)
-    return " ".join(parts) + _offer_text(data.get("offer")) + f"  [{t.get('id', '?')}]"
+    return " ".join(parts) + offer_text(data.get("offer")) + f"  [{t.get('id', '?')}]"

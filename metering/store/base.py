@@ -104,12 +104,6 @@ class Store(ABC):
         """The catalog a service last recorded, or None."""
 
     @abstractmethod
-    def read_account(
-        self, account: str, period: str, uniq: Sequence[str], weeks: Sequence[str]
-    ) -> ApplyResult:
-        """An account's state as an apply with no events would read it back; writes nothing."""
-
-    @abstractmethod
     def fired(self, account: str) -> dict[str, str]:
         """The account's fired marks: scope field -> mark (JSON)."""
 
@@ -129,3 +123,11 @@ class Store(ABC):
 
     def fire(self, calls: Sequence[FireCall]) -> list[FireResult]:
         return self.send_fire(calls).result()
+
+    def read_account(
+        self, account: str, period: str, uniq: Sequence[str], weeks: Sequence[str]
+    ) -> ApplyResult:
+        """An account's state as an apply with no events would read it back; writes nothing
+        (an apply with no events and a watermark field no consumer uses)."""
+        call = ApplyCall(account, "__read__/0", (), (period,), uniq, weeks, ())
+        return self.apply([call], now_ms=0, week_cutoff="")[0]

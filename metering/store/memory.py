@@ -216,13 +216,6 @@ class MemoryStore(Store):
     def stored_catalog(self) -> StoredCatalog | None:
         return self.catalog
 
-    def read_account(
-        self, account: str, period: str, uniq: Sequence[str], weeks: Sequence[str]
-    ) -> ApplyResult:
-        # RedisStore.read_account: the apply script's read-back with no events (writes nothing)
-        call = ApplyCall(account, "__read__/0", (), (period,), uniq, weeks, ())
-        return self.apply([call], now_ms=0, week_cutoff="")[0]
-
     def fired(self, account: str) -> dict[str, str]:
         acct = self.accounts.get(account)
         return dict(acct.fired) if acct is not None else {}

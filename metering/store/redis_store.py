@@ -194,14 +194,6 @@ class RedisStore(Store):
             got["yaml"], got["version"], got.get("source", ""), int(got.get("saved_ms", "0"))
         )
 
-    def read_account(
-        self, account: str, period: str, uniq: Sequence[str], weeks: Sequence[str]
-    ) -> ApplyResult:
-        # The apply script's read-back with no events and a watermark field no consumer uses,
-        # so nothing is written.
-        call = ApplyCall(account, "__read__/0", (), (period,), uniq, weeks, ())
-        return self.apply([call], now_ms=0, week_cutoff="")[0]
-
     def fired(self, account: str) -> dict[str, str]:
         with mapped():
             raw = self.r.hgetall(self.base(account) + keys.FIRED)
