@@ -58,8 +58,9 @@ import multiprocessing
 import traceback
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -71,11 +72,13 @@ from metering.core.calls import OutboxAck
 from metering.core.events import decode_event
 from metering.core.periods import DAY_MS, iso_week, parse_rfc3339, period_of, period_start_ms
 from metering.core.plan import Limits, Record, RecordLike
+from metering.core.state import parse_period
 from metering.engine.processor import Processor, UsageOutcome
 from metering.engine.rules import RunningRules
 from metering.errors import BadEvent, InputError
 from metering.store import MemoryStore, Pending
 from metering.triggers.kinds.feature_request import FEATURE_REQUESTED
+from metering.triggers.kinds.forecast import reaches, target_of
 from rules.models import Catalog, Composite, Forecast, MeterCondition, PowerUser, UsageThreshold
 
 EVENTS_TOPIC = "events"
@@ -230,11 +233,14 @@ class Counts:
 #: The kinds whose rules are monotone over a run of events that no other rule of theirs looks
 #: at: a level reached inside the run is still reached at its end. A kind not named here (a
 #: new one) makes every event stand alone: slower, never wrong.
-MONOTONE_KINDS = frozenset({"usage_threshold", "milestone", "spend_threshold", "power_user", "composite"})
+#: `forecast` is not monotone but guarded: a run is kept only if no event of it can have been
+#: within reach (`Replay._forecast_safe`).
+MONOTONE_KINDS = frozenset(
+    {"usage_threshold", "milestone", "spend_threshold", "power_user", "composite", "forecast"}
+)
 #: Kinds whose events always stand alone: `feature_request` (each request is read against
-#: the marks and the tenure of its own moment), and `forecast` for the events that move its
-#: meters (a projection rises with usage and falls with elapsed time, and stops once reached).
-ALONE_KINDS = frozenset({"feature_request", "forecast"})
+#: the marks and the tenure of its own moment).
+ALONE_KINDS = frozenset({"feature_request"})
 
 
 @dataclass
@@ -243,6 +249,9 @@ class _Run:
 
     records: list[RecordLike]
     week: str | None = None  # the ISO week of its events a power_user rule counts
+    projected_first: int | None = None  # the earliest time of its events moving a forecast's meter
+    projected_last: int | None = None  # and the latest
+    projected_periods: set[str] = field(default_factory=set)  # and their billing periods
 
 
 class Monotone:
@@ -263,7 +272,11 @@ class Monotone:
       waits for fires inside a run only if something fires there anyway); an event that moves
       a `latest` meter of a condition stands alone;
     - `forecast` is not monotone (the projection falls as time passes, and stops once the
-      target is reached): an event that moves one of its meters stands alone;
+      target is reached), so a run is checked after the fact: with `q` the quantity at the
+      run's end and `e` the period's elapsed time at its first event that moves the meter,
+      every event `k` of the run had `q_k <= q` and `e_k >= e`, so if `(T - q) x e > W x q`
+      (and `q < T`) no event alone could have fired it; otherwise the run is replayed event by
+      event (`Replay._forecast_safe`);
     - a `feature.requested` event stands alone (each request is read against the marks and
       the tenure of its own moment).
     An event is judged by its type (the meters it can move, whatever its values)."""
@@ -274,6 +287,7 @@ class Monotone:
         meters = catalog.meters
         latest: set[str] = set()
         projected: set[str] = set()  # a forecast's meters
+        self.forecasts: list[Forecast] = []
         power: set[str] = set()
         for rule in catalog.triggers:
             if isinstance(rule, UsageThreshold):
@@ -288,6 +302,7 @@ class Monotone:
                 }
             elif isinstance(rule, Forecast):
                 projected |= set(rule.meters)
+                self.forecasts.append(rule)
             elif isinstance(rule, PowerUser):
                 power.add(rule.meter)
         # event type -> the meters it can move
@@ -295,7 +310,8 @@ class Monotone:
         for name, meter in meters.items():
             for t in meter.event_type:
                 self.meters_of[t] = self.meters_of.get(t, frozenset()) | {name}
-        alone = {t for t, ms in self.meters_of.items() if ms & (latest | projected)}
+        alone = {t for t, ms in self.meters_of.items() if ms & latest}
+        self.projected_types = frozenset(t for t, ms in self.meters_of.items() if ms & projected)
         if "feature_request" in kinds:
             alone.add(FEATURE_REQUESTED)
         self.alone_types = frozenset(alone)
@@ -441,7 +457,13 @@ class Replay:
             run.records.append(p.record)
             if week is not None:
                 run.week = week
-        rounds: list[tuple[list[RecordLike], dict[str, list[RecordLike]]]] = [(first, {})]
+            if etype in m.projected_types:
+                if run.projected_first is None or p.time_ms < run.projected_first:
+                    run.projected_first = p.time_ms
+                if run.projected_last is None or p.time_ms > run.projected_last:
+                    run.projected_last = p.time_ms
+                run.projected_periods.add(period_of(p.time_ms))
+        rounds: list[tuple[list[RecordLike], dict[str, _Run]]] = [(first, {})]
         for account, mine in runs.items():
             for k, run in enumerate(mine):
                 if k == len(rounds):
@@ -449,14 +471,14 @@ class Replay:
                 records, together = rounds[k]
                 records += run.records
                 if len(run.records) > 1:
-                    together[account] = run.records
+                    together[account] = run
         for records, together in rounds:
             if records:
                 self.out.rounds += 1
                 self._round(records, together, now_ms)
         self._forget(now_ms)
 
-    def _round(self, records: list[RecordLike], together: dict[str, list[RecordLike]], now_ms: int) -> None:
+    def _round(self, records: list[RecordLike], together: dict[str, _Run], now_ms: int) -> None:
         if not together:
             self.usage(records, now_ms)
             return
@@ -464,7 +486,9 @@ class Replay:
         self.store.begin(list(together))
         try:
             out = self._count(self.processor.usage(records, now_ms, _settle, _settle), len(records))
-            fired = [a for a in together if out.outboxes.get(a)]
+            fired = [
+                a for a, run in together.items() if out.outboxes.get(a) or not self._forecast_safe(a, run)
+            ]
             for account in fired:
                 # the engine's memo of fired scopes must forget the marks taken back
                 engine.forget(account, self.store.undo(account))
@@ -474,8 +498,41 @@ class Replay:
         self._publish(out)
         for account in fired:
             self.out.undone += 1
-            for record in together[account]:
+            for record in together[account].records:
                 self._publish(self.processor.usage([record], now_ms, _settle, _settle))
+
+    def _forecast_safe(self, account: str, run: _Run) -> bool:
+        """Whether no event of a run that fired nothing at its end could have fired a forecast
+        alone (see `Monotone`); False sends the run to be replayed event by event."""
+        first, last = run.projected_first, run.projected_last
+        if first is None or last is None or not self.monotone.forecasts:
+            return True
+        if len(run.projected_periods) != 1:
+            return False
+        (period,) = run.projected_periods
+        start = period_start_ms(first)
+        if first - start <= 0:
+            return False
+        values: Mapping[str, Decimal] | None = None
+        for rule in self.monotone.forecasts:
+            too_soon = rule.min_days_elapsed * DAY_MS
+            if last - start < too_soon:
+                continue  # the rule is evaluated at none of the run's events
+            elapsed = max(first - start, too_soon)  # at every event where it is evaluated
+            if values is None:
+                sub = self.rules.subscription(self.store.subscription_state(account))
+                limits = self.catalog.plans[sub.plan].limits
+                res = self.store.read_account(account, period, (), ())
+                values = parse_period(self.catalog, period, res.periods[0].fields, ()).values
+            for meter in rule.meters:
+                limit = limits.get(meter)
+                q = values.get(meter, Decimal(0))
+                if not limit or q <= 0:
+                    continue  # never projected (no limit), or no usage anywhere in the run
+                target = target_of(limit, rule.at)
+                if q >= target or reaches(q, target, elapsed, rule.within_days):
+                    return False
+        return True
 
     def _alone(self, etype: str, account: str, plans: dict[str, tuple[str, bool]]) -> bool:
         """Whether a non-monotone rule may look at an event of this type (by the meters it can

@@ -35,6 +35,7 @@ from metering.engine.backtest import (
 )
 from metering.errors import BadEvent, InputError
 from metering.reports.backtest import compare, summary
+from metering.triggers import trigger_id
 from rules.loader import parse_catalog_text
 from rules.models import Catalog
 from tests.paths import EXAMPLE_PATH
@@ -230,6 +231,28 @@ def test_any_batch_size_decides_as_each_record_alone(tmp_path: Path, seed: int) 
         assert outcome(got) == want, (batch, jobs)
         if batch == 2000:  # runs were tried together, and some taken back
             assert got.undone > 0
+
+
+def test_a_forecast_in_reach_inside_a_run_is_replayed_event_by_event(tmp_path: Path) -> None:
+    """A forecast is not monotone: at the 5,883rd call on day 10 of November the free plan's
+    10,000 calls are 7 days away at its rate (4,117 x 10 <= 7 x 5,883) and `api-runway`
+    fires; at the run's end (one more call on day 13, the same ISO week) they are not (4,116 x
+    13 > 7 x 5,884), and nothing else fires there. A run tried together must be replayed event
+    by event (without the guard it kept the run and lost the trigger)."""
+    day10 = parse_rfc3339("2026-11-10T00:00:00Z")
+    docs = [event(i, "api.request", "acct-f", day10 + i * 1000, {"user_id": "u1"}) for i in range(5_883)]
+    docs.append(
+        event(5_883, "api.request", "acct-f", parse_rfc3339("2026-11-13T00:00:00Z"), {"user_id": "u1"})
+    )
+    events = write(tmp_path, "e.jsonl", [orjson.dumps(d) for d in docs])
+    wide = Options(OPTIONS.limits, 30 * DAY_MS, batch_records=10_000)  # one batch, one run
+    runway = trigger_id("acct-f", "fc:api-runway:api_calls:2026-11:free")
+    alone = Backtest([catalog()], Options(OPTIONS.limits, 30 * DAY_MS, batch_records=1), 1)
+    one_by_one = alone.run(read_lines(events))[0]
+    assert [t["id"] for t in one_by_one.trigger_events()] == [runway]
+    together = Backtest([catalog()], wide, 1).run(read_lines(events))[0]
+    assert together.rounds == 1 and together.undone == 1
+    assert [t["id"] for t in together.trigger_events()] == [runway]
 
 
 LIMIT, RECOVERED = "expansion.usage_threshold", "expansion.recovered"

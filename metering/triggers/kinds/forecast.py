@@ -67,6 +67,11 @@ def reaches(q: Decimal, target: Decimal, elapsed_ms: int, within_days: int) -> b
     return mul(_EXACT.subtract(target, q), elapsed_ms) <= mul(within_days * DAY_MS, q)
 
 
+def target_of(limit: Decimal, at: int) -> Decimal:
+    """`at` % of the limit, exact."""
+    return _EXACT.divide(_EXACT.multiply(limit, at), 100)
+
+
 def scope(rule_id: str, meter: str, period: str, plan: str) -> str:
     return f"fc:{rule_id}:{meter}:{period}:{plan}"
 
@@ -84,11 +89,11 @@ def forecast(ctx: Ctx, rule: Forecast) -> Iterator[Candidate]:
         if not limit or meter not in touched:
             continue
         q = usage.values.get(meter, Decimal(0))
-        target = _EXACT.divide(_EXACT.multiply(limit, rule.at), 100)
-        if not reaches(q, target, elapsed_ms, rule.within_days):
+        goal = target_of(limit, rule.at)
+        if not reaches(q, goal, elapsed_ms, rule.within_days):
             continue  # the common case: decided before anything else is built
         field = scope(rule.id, meter, period, ctx.plan)
-        p = project(q, target, elapsed_ms)
+        p = project(q, goal, elapsed_ms)
         if p is None or ctx.known(field):
             continue
         yield ctx.candidate(
