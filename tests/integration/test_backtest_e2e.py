@@ -269,7 +269,7 @@ def test_the_backtest_finds_the_trigger_ids_and_dead_letters_of_the_service(
     accounts_file = write_jsonl(tmp_path / "accounts.jsonl", [value(r) for r in subs])
     # STORAGE's storage falls back to 2 GB a moment later, after the service has seen 9.9 GB
     # (in one poll with it the service would see only 2 GB: the backtest decides each event
-    # alone; the module's doc of metering/engine/backtest.py says why)
+    # alone; the doc of the metering.engine.backtest package says why)
     fallen = g.ev("storage.snapshot", STORAGE, now + timedelta(seconds=1), {"gb": "2"})
     later_ms = now_ms + 2000
     export = [

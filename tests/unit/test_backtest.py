@@ -1,4 +1,4 @@
-"""The backtest's replay (metering/engine/backtest.py), pure: no Kafka, no Redis.
+"""The backtest's replay (metering/engine/backtest/), pure: no Kafka, no Redis.
 
 - Its semantics against a reference written from the definition (each record alone, in file
   order, "now" = the newest arrival time so far, subscriptions merged at their time), over
