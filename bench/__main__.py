@@ -187,16 +187,15 @@ def run_latency(
 ) -> dict[str, Any]:
     """A fresh `metering run` on a fresh topic set, ready before the paced producer starts."""
     from bench.infra import (
-        batch_stats,
         cpu_seconds,
         engine_port,
         http_get,
-        metric_totals,
         service_env,
         start_engine,
         stop,
         wait_ready,
     )
+    from bench.metrics_page import batch_stats, metric_totals
 
     env = service_env(topics, run.prefix("lat"), run.group("lat"), rules)
     if args.engine_max_poll_records:

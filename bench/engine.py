@@ -11,18 +11,16 @@ from bench.infra import (
     CommitWatch,
     Run,
     TopicSet,
-    batch_stats,
     cpu_seconds,
     engine_port,
     http_get,
-    metric_totals,
     peak_rss_mib,
     redis_cpu_seconds,
-    redis_seconds_by_script,
     service_env,
     start_engine,
     stop,
 )
+from bench.metrics_page import batch_stats, metric_totals, redis_seconds_by_script
 
 
 def run_engine(

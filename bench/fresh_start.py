@@ -44,11 +44,11 @@ from bench.infra import (
     cpu_seconds,
     end_offsets,
     http_get,
-    metric_totals,
     rules_for,
     service_env,
     stop,
 )
+from bench.metrics_page import metric_totals
 
 
 def _free_port() -> int:
