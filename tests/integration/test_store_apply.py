@@ -21,7 +21,7 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from metering.core.calls import ApplyCall
+from metering.core.calls import DUPLICATE, ApplyCall
 from metering.core.plan import id_digest
 from metering.core.state import pairs
 from metering.errors import StoreUnavailable
@@ -194,9 +194,9 @@ def _nonzero(fields: dict[str, str]) -> dict[str, str]:
     return {f: v for f, v in fields.items() if v != "0"}
 
 
-def _one_event_call(account: str, offset: int, digest: str) -> ApplyCall:
+def _one_event_call(account: str, offset: int, digest: str, wm: str = "ev/0") -> ApplyCall:
     ev = (offset, digest, "2026-11", "2026-W45", 1, [("calls", "c", "")])
-    return ApplyCall(account, "ev/0", [ev], ["2026-11"], [], [], [])
+    return ApplyCall(account, wm, [ev], ["2026-11"], [], [], [])
 
 
 def _calls_total(store: Store, account: str) -> str:
@@ -380,22 +380,32 @@ def test_a_busy_account_splits_its_dedup_bucket_and_finds_every_duplicate(
     assert stored == 12 * counted, "each counted id's digest once, 12 bytes"
 
 
-def test_only_the_two_live_buckets_keep_a_field_count(
+def test_only_live_buckets_keep_a_field_count(
     windowed_store: Store,
     redis_client: redis.Redis,  # type: ignore[type-arg]
 ) -> None:
-    """An account active in bucket after bucket keeps the dedup field counts of the current
-    and the previous bucket beside its watermarks, never a growing list of old ones."""
+    """An account active in bucket after bucket keeps the dedup field count of a bucket while
+    the bucket's key lives (a caller whose clock is behind still finds its digests), and drops
+    the counts of expired buckets when it opens a new one: never a growing list."""
     account = "acct-" + uuid.uuid4().hex[:8]
     base_ms = 1_795_000_000_000 // WINDOW_MS * WINDOW_MS
-    for i, bucket in enumerate([0, 1, 5, 9, 10]):
-        windowed_store.apply([_one_event_call(account, i, f"id{i}")], base_ms + bucket * WINDOW_MS, "")
-    prefix = windowed_store.prefix  # type: ignore[attr-defined]
-    fields = redis_client.hkeys(f"{prefix}:{{{account}}}:{keys.WATERMARK}")
     first = base_ms // WINDOW_MS
-    assert sorted(f.decode() for f in fields if f.startswith(b"dc:")) == sorted(
-        [f"dc:{first + 9}", f"dc:{first + 10}"]
-    )
+    prefix = windowed_store.prefix  # type: ignore[attr-defined]
+    wm_key = f"{prefix}:{{{account}}}:{keys.WATERMARK}"
+
+    def counts() -> list[str]:
+        return sorted(f.decode() for f in redis_client.hkeys(wm_key) if f.startswith(b"dc:"))
+
+    for i, bucket in enumerate([0, 1, 5, 9]):
+        windowed_store.apply([_one_event_call(account, i, f"id{i}")], base_ms + bucket * WINDOW_MS, "")
+    assert counts() == sorted(f"dc:{first + b}" for b in (0, 1, 5, 9))  # every bucket still lives
+    # a clock two windows behind still finds bucket 0's id: a duplicate
+    res = windowed_store.apply([_one_event_call(account, 10, "id0", wm="late/0")], base_ms + WINDOW_MS, "")
+    assert res[0].flags == DUPLICATE
+    for b in (0, 1, 5):  # what their TTL does
+        redis_client.delete(f"{prefix}:{{{account}}}:{keys.DEDUP}{first + b}")
+    windowed_store.apply([_one_event_call(account, 11, "id11")], base_ms + 10 * WINDOW_MS, "")
+    assert counts() == [f"dc:{first + 9}", f"dc:{first + 10}"]
 
 
 def test_ids_in_the_earlier_one_field_per_id_buckets_stay_duplicates_after_an_upgrade(

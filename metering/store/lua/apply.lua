@@ -245,9 +245,12 @@ if ttl > 0 and #fresh > 0 then
     local count = record(cur, add)
     if cur.f == 0 then
       redis.call('EXPIRE', cur.key, ttl)
-      -- a new bucket: the field counts of buckets before the previous one go (their keys expire)
+      -- a new bucket (once per account and window): the field counts of buckets whose keys
+      -- have expired go. A count stays while its bucket lives, so a caller whose clock is
+      -- behind (another member's, or a step back) still finds the digests in it.
       for _, name in ipairs(redis.call('HKEYS', wm_key)) do
-        if string.sub(name, 1, 3) == 'dc:' and name ~= cur_count and name ~= prev_count then
+        if string.sub(name, 1, 3) == 'dc:' and name ~= cur_count and name ~= prev_count
+          and redis.call('EXISTS', base .. K.dedup .. string.sub(name, 4)) == 0 then
           redis.call('HDEL', wm_key, name)
         end
       end
