@@ -414,6 +414,14 @@ ALERT_CASES: dict[str, dict[str, Any]] = {
         "series": {f'metering_consumer_restarts_total{{{_J},reason="stuck_rebalance"}}': "0x5 1x40"},
         "expect": {("MeteringConsumerRestarts", "20m"): []},
     },
+    "a rules reload refused": {
+        "series": {f"metering_rules_reload_failures_total{{{_J}}}": "0x5 1x40"},
+        "expect": {
+            ("MeteringRulesReloadRefused", "4m"): [],
+            ("MeteringRulesReloadRefused", "10m"): [{"instance": "a", "severity": "warning"}],
+            ("MeteringRulesReloadRefused", "30m"): [],  # 15 minutes after it: resolved
+        },
+    },
     "outbox steady or draining": {
         "series": {f"metering_outbox_depth{{{_J}}}": "5x15 5-1x5 0x10"},
         "expect": {("MeteringOutboxGrowing", "14m"): [], ("MeteringOutboxGrowing", "30m"): []},

@@ -41,6 +41,7 @@ ALERTS = {
     "MeteringNotReady",
     "MeteringOutboxGrowing",
     "MeteringDown",
+    "MeteringRulesReloadRefused",
 }
 # Labels Prometheus adds to every scraped series, and the histogram bucket bound.
 TARGET_LABELS = {"job", "instance", "le"}
