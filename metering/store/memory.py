@@ -73,7 +73,16 @@ class MemoryStore(Store):
         else:
             bucket, ttl = 0, 0
         weekly_set = frozenset(weekly)
-        return Done([self._apply(c, bucket, ttl, now_ms, week_cutoff, weekly_set) for c in calls])
+        results: list[ApplyResult] = []
+        for call in calls:  # apply.lua, call by call (memory_apply.py)
+            acct = self.accounts.get(call.account)
+            if acct is None and not call.events:  # a read of an account never written
+                results.append(empty_result(call))
+                continue
+            acct = acct or self._account(call.account)
+            undo = self._undo_of(call.account, acct) if call.events and self._journal is not None else None
+            results.append(apply_call(acct, call, bucket, ttl, now_ms, week_cutoff, weekly_set, undo))
+        return Done(results)
 
     def send_fire(self, calls: Sequence[FireCall]) -> Pending[list[FireResult]]:
         return Done([self._fire(c) for c in calls])
@@ -209,25 +218,6 @@ class MemoryStore(Store):
         if acct is None:
             acct = self.accounts[account] = Account()
         return acct
-
-    # -- apply.lua (memory_apply.py) -------------------------------------------------------
-
-    def _apply(
-        self,
-        call: ApplyCall,
-        bucket: int,
-        ttl: int,
-        now_ms: int,
-        week_cutoff: str,
-        weekly: frozenset[str],
-    ) -> ApplyResult:
-        acct = self.accounts.get(call.account)
-        if acct is None:
-            if not call.events:  # a read of an account never written: nothing to create
-                return empty_result(call)
-            acct = self._account(call.account)
-        undo = self._undo_of(call.account, acct) if call.events and self._journal is not None else None
-        return apply_call(acct, call, bucket, ttl, now_ms, week_cutoff, weekly, undo)
 
     # -- fire.lua --------------------------------------------------------------------------
 

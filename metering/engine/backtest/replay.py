@@ -64,17 +64,12 @@ class Replay:
         self.out.add_dead(ACCOUNTS_TOPIC, [(d.record.offset, d.reason, d.detail) for d in got.dead])
         # what the service publishes with the batch: the conversions (every trigger entry of
         # these outboxes was published, and acknowledged, with its usage batch already)
-        acks: list[OutboxAck] = []
-        for account, entries in got.outboxes.items():
-            if entries:
-                self.out.converted.extend(entries)
-                acks.append(OutboxAck(account, len(entries), entries[0]))
-        if acks:
-            self.store.ack_outbox(acks)
+        self._publish(got.outboxes, self.out.converted)
 
     def usage(self, records: Sequence[RecordLike], now_ms: int) -> None:
         """Records through the service's step, as one batch of the service."""
-        self._publish(self._count(self.processor.usage(records, now_ms, _settle, _settle), len(records)))
+        out = self._count(self.processor.usage(records, now_ms, _settle, _settle), len(records))
+        self._publish(out.outboxes, self.out.triggers)
 
     def batch(self, batch: Sequence[Prepared], now_ms: int) -> None:
         """A batch of the replay, decided as if each event were alone (the module's doc says
@@ -151,11 +146,12 @@ class Replay:
                 del out.outboxes[account]
         finally:
             self.store.end()
-        self._publish(out)
+        self._publish(out.outboxes, self.out.triggers)
         for account in fired:
             self.out.undone += 1
             for record in together[account].records:
-                self._publish(self.processor.usage([record], now_ms, _settle, _settle))
+                alone = self.processor.usage([record], now_ms, _settle, _settle)
+                self._publish(alone.outboxes, self.out.triggers)
 
     def _forecast_safe(self, account: str, run: Run) -> bool:
         """Whether no event of a run that fired nothing at its end could have fired a forecast
@@ -238,12 +234,13 @@ class Replay:
         self.out.add_dead(EVENTS_TOPIC, [(d.record.offset, d.reason, d.detail) for d in out.dead])
         return out
 
-    def _publish(self, out: UsageOutcome) -> None:
-        """What the service publishes, then acknowledges: every account's outbox."""
+    def _publish(self, outboxes: dict[str, list[bytes]], into: list[bytes]) -> None:
+        """What the service publishes, then acknowledges: every account's outbox (kept `into`
+        the outcome's triggers, or its conversions)."""
         acks: list[OutboxAck] = []
-        for account, entries in out.outboxes.items():
+        for account, entries in outboxes.items():
             if entries:
-                self.out.triggers.extend(entries)
+                into.extend(entries)
                 acks.append(OutboxAck(account, len(entries), entries[0]))
         if acks:
             self.store.ack_outbox(acks)
