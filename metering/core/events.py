@@ -8,8 +8,7 @@ dead-letter topic can be monitored and replayed by reason.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -22,8 +21,10 @@ _REQUIRED = ("id", "source", "type")
 Headers = Sequence[tuple[str, bytes | None]] | None
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
+    """A decoded usage event. A tuple (one is made per record: about a third of a frozen
+    dataclass's cost to build, issue 14); never compared or hashed as a tuple."""
+
     account: str
     source: str
     id: str

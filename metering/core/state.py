@@ -67,11 +67,11 @@ def parse_period(
         if known is None:
             continue  # `<meter>:t` of a latest meter, or a meter no longer in the catalog
         name, kind = known
-        v = _text(hash_flat[i + 1])
+        v = hash_flat[i + 1]  # int() reads bytes as they come from Redis: no decode
         if kind == "n":
             counts[name] = int(v)
         else:
-            values[name] = from_micro(v) if kind == "micro" else Decimal(v)
+            values[name] = from_micro(v) if kind == "micro" else Decimal(_text(v))
     for name, card in uniques:
         if card:
             values[name] = Decimal(card)

@@ -191,3 +191,53 @@ def test_the_plan_notes_missing_values_and_unmetered_events_and_dead_letters_non
     assert dict(missing) == {"active_users": 2, "peak_concurrency": 1} and unmetered == 2
     missing, unmetered = skips([(batch, "1d1rd")])
     assert dict(missing) == {} and unmetered == 1
+
+
+# -- the inline reader of a plain `data.<key>` meter answers as the general one ------------------
+
+json_value = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(10**14), max_value=10**14),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=140),
+        st.sampled_from(["", "12.5", "1e3", "0.0000001", "x" * 129, "é" * 130]),
+    ),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
+    max_leaves=4,
+)
+
+
+def _outcome(index: MeterIndex, ev: Event) -> object:
+    try:
+        return index.updates(ev)
+    except BadEvent as exc:
+        return ("bad", exc.reason, exc.detail)
+
+
+@given(
+    aggregation=st.sampled_from(["sum", "max", "unique_count"]),
+    data=st.one_of(
+        json_value,
+        st.dictionaries(st.sampled_from(["v", "w"]), json_value),
+        st.fixed_dictionaries(
+            {"v": st.one_of(st.integers(min_value=-5, max_value=10**13), st.text(max_size=140))}
+        ),
+    ),
+)
+def test_the_inline_meter_reader_answers_as_the_general_one(aggregation: str, data: Any) -> None:
+    """A meter on `data.v` without a filter is read inline (issue 14); the same meter with a
+    filter that always holds takes the general path. Both give the same update, the same
+    missing value, or the same dead letter."""
+    from rules.models import Catalog
+
+    def index(filtered: bool) -> MeterIndex:
+        meter: dict[str, Any] = {"event_type": "job", "aggregation": aggregation, "value": "data.v"}
+        if filtered:
+            meter["filter"] = {"subject": "acct-1"}
+        doc = {"currency": "USD", "default_plan": "p", "meters": {"m": meter}, "plans": {"p": {"price": "0"}}}
+        return MeterIndex(Catalog.model_validate(doc))
+
+    ev = event("job", data)
+    assert _outcome(index(False), ev) == _outcome(index(True), ev)

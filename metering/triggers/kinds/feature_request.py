@@ -23,7 +23,9 @@ def field(rule: FeatureRequest, feature: str) -> str:
 
 def mark_reader(rule: FeatureRequest, _catalog: Catalog) -> MarkReader:
     def read(events: Sequence[Event]) -> list[str]:
-        return [field(rule, f) for f in {_feature(e) for e in events} if f]
+        # most batches have no feature request: the type test before any call (issue 14)
+        wanted = {_feature(e) for e in events if e.type == FEATURE_REQUESTED}
+        return [field(rule, f) for f in wanted if f]
 
     return read
 

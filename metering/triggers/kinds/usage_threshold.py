@@ -112,13 +112,27 @@ def mark_reader(rule: UsageThreshold, catalog: Catalog) -> MarkReader | None:
         for t in catalog.meters[m].event_type:
             types.setdefault(t, []).append(m)
     plans = {m: [name for name, plan in catalog.plans.items() if plan.limits.get(m)] for m in meters}
+    # (meter, UTC day) -> its scopes: a function of the day, built once per day and meter
+    # (this runs once per account and batch). Bounded: a few days are live at a time.
+    memo: dict[tuple[str, int], tuple[str, ...]] = {}
+
+    def scopes(m: str, day: int) -> tuple[str, ...]:
+        hit = memo.get((m, day))
+        if hit is None:
+            if len(memo) > 4096:
+                memo.clear()
+            period = period_of(day * DAY_MS)
+            hit = memo[(m, day)] = tuple(
+                scope(rule.id, m, period, p, level) for p in plans[m] for level in rule.at
+            )
+        return hit
 
     def read(events: Sequence[Event]) -> list[str]:
+        if not any(e.type in types for e in events):
+            return []
         wanted = {(m, e.time_ms // DAY_MS) for e in events for m in types.get(e.type, ())}
-        out: list[str] = []
-        for m, period in sorted({(m, period_of(day * DAY_MS)) for m, day in wanted}):
-            out += [scope(rule.id, m, period, plan, level) for plan in plans[m] for level in rule.at]
-        return out
+        # in (meter, period) order, each scope once (days of one period give the same scopes)
+        return list(dict.fromkeys(f for m, day in sorted(wanted) for f in scopes(m, day)))
 
     return read
 
