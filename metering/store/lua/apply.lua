@@ -189,7 +189,8 @@ local function record(b, add)
 end
 
 -- 1. Offsets, then (source, id) digests. The watermark and the buckets' field counts in one read.
-local cur_count, prev_count = 'dc:' .. bucket, 'dc:' .. (bucket - 1)
+local bucket_s, prev_s = ARGV[3], tostring(bucket - 1) -- key text, converted once
+local cur_count, prev_count = 'dc:' .. bucket_s, 'dc:' .. prev_s
 local wm_now = redis.call('HMGET', wm_key, wm_field, cur_count, prev_count)
 local watermark = tonumber(wm_now[1] or '-1')
 local wm_set = {} -- fields of the watermark hash to write (one HSET at the end)
@@ -214,10 +215,10 @@ if ttl > 0 and #fresh > 0 then
     digests[j] = d
     hs[j] = prefix(d)
   end
-  local cur = load(base .. K.dedup .. bucket, wm_now[2], hs)
-  local prev = load(base .. K.dedup .. (bucket - 1), wm_now[3], hs)
+  local cur = load(base .. K.dedup .. bucket_s, wm_now[2], hs)
+  local prev = load(base .. K.dedup .. prev_s, wm_now[3], hs)
   -- the earlier layout, while its hashes can still exist (see Upgrade above)
-  local old_cur, old_prev = base .. K.dedup_v1 .. bucket, base .. K.dedup_v1 .. (bucket - 1)
+  local old_cur, old_prev = base .. K.dedup_v1 .. bucket_s, base .. K.dedup_v1 .. prev_s
   local in_old_cur, in_old_prev = {}, {}
   if redis.call('EXISTS', old_cur, old_prev) > 0 then
     local names = {}
@@ -301,23 +302,35 @@ local function add(key, field, arg_or_n)
   t[field] = v
 end
 
+-- key and field names built once per call, not once per event (a concatenation makes and
+-- interns a new string; a table lookup of an interned one does not)
+local pkey_of, nfield, vfield = {}, {}, {}
 for i = 1, #events do
   if flags[i] == FLAG.applied then
     local ev = events[i]
     local period, week, ts, ups = ev[2], ev[3], ev[4], ev[5]
-    local pkey = base .. K.period .. period
+    local pkey = pkey_of[period]
+    if not pkey then
+      pkey = base .. K.period .. period
+      pkey_of[period] = pkey
+    end
     for _, u in ipairs(ups) do
       local meter, op, arg = u[1], u[2], u[3]
-      add(pkey, meter .. ':n', 1)
+      local nf, vf = nfield[meter], vfield[meter]
+      if not nf then
+        nf, vf = meter .. ':n', meter .. ':v'
+        nfield[meter], vfield[meter] = nf, vf
+      end
+      add(pkey, nf, 1)
       if weekly[meter] then
         local wb = sub_table(week_bumps, base .. K.weeks .. meter)
         wb[week] = (wb[week] or 0) + 1
       end
       if op == OP.count then
-        add(pkey, meter .. ':v', 1)
+        add(pkey, vf, 1)
         add(life_key, meter, 1)
       elseif op == OP.sum then
-        add(pkey, meter .. ':v', arg)
+        add(pkey, vf, arg)
         add(life_key, meter, arg)
       else
         add(life_key, meter, 1)
@@ -326,8 +339,7 @@ for i = 1, #events do
           m[#m + 1] = arg
         elseif op == OP.max then
           local t = sub_table(maxima, pkey)
-          local field = meter .. ':v'
-          if not t[field] or not int_ge(t[field], arg) then t[field] = arg end
+          if not t[vf] or not int_ge(t[vf], arg) then t[vf] = arg end
         elseif op == OP.latest then
           -- latest by event time: an older event arriving later does not override a newer one;
           -- a tie goes to the later record
@@ -343,52 +355,61 @@ end
 -- 3. Write. A hash that is also read back is read once, updated in Lua, written with one
 -- HSET and returned as updated.
 
-local function flatten(values)
-  local flat = {}
-  for f, v in pairs(values) do
-    flat[#flat + 1] = f
+-- Reads `key`, applies its gathered deltas, maxima and latest values, writes the changed
+-- fields with one HSET; returns the hash as it now stands, flat (field, value, ...): the
+-- HGETALL reply patched in place, so the read-back needs no second table.
+local updated = {}
+
+-- sets field to v in a flat hash whose value positions `at` knows (appended when new)
+local function put(flat, at, field, v)
+  local i = at[field]
+  if i then
+    flat[i] = v
+  else
+    flat[#flat + 1] = field
     flat[#flat + 1] = v
+    at[field] = #flat
   end
-  return flat
 end
 
--- Reads `key`, applies its gathered deltas, maxima and latest values, writes the changed
--- fields with one HSET; returns the hash as it now stands (field -> string).
-local updated = {}
 local function update_hash(key)
   updated[key] = true
   local flat = redis.call('HGETALL', key)
-  local values = {}
-  for j = 1, #flat, 2 do values[flat[j]] = flat[j + 1] end
+  local at = {} -- field -> index of its value in flat
+  for j = 1, #flat, 2 do at[flat[j]] = j + 1 end
   local changed = {}
   for field, n in pairs(deltas[key] or {}) do
     if n ~= 0 then
-      local cur = values[field]
+      local i = at[field]
+      local cur = i and flat[i]
       if cur and #cur > 15 then
         -- beyond exact doubles: let Redis add (int64) and read the result back as a string
         redis.call('HINCRBY', key, field, string.format('%d', n))
-        values[field] = redis.call('HGET', key, field)
+        flat[i] = redis.call('HGET', key, field)
       else
         local v = string.format('%d', (cur and tonumber(cur) or 0) + n)
-        values[field] = v
+        put(flat, at, field, v)
         changed[#changed + 1] = field
         changed[#changed + 1] = v
       end
     end
   end
   for field, v in pairs(maxima[key] or {}) do
-    local cur = values[field]
+    local i = at[field]
+    local cur = i and flat[i]
     if not cur or not int_ge(cur, v) then
-      values[field] = v
+      put(flat, at, field, v)
       changed[#changed + 1] = field
       changed[#changed + 1] = v
     end
   end
   for meter, tv in pairs(latest[key] or {}) do
     local tfield = meter .. ':t'
-    if tv[1] >= tonumber(values[tfield] or '-1') then
+    local i = at[tfield]
+    if tv[1] >= tonumber(i and flat[i] or '-1') then
       local t = string.format('%d', tv[1])
-      values[meter .. ':v'], values[tfield] = tv[2], t
+      put(flat, at, meter .. ':v', tv[2])
+      put(flat, at, tfield, t)
       changed[#changed + 1] = meter .. ':v'
       changed[#changed + 1] = tv[2]
       changed[#changed + 1] = tfield
@@ -396,7 +417,7 @@ local function update_hash(key)
     end
   end
   if #changed > 0 then call_chunked('HSET', key, changed) end
-  return values
+  return flat
 end
 
 for skey, m in pairs(members) do call_chunked('SADD', skey, m) end
@@ -429,7 +450,7 @@ for _, period in ipairs(req.periods) do
     uniq[#uniq + 1] = meter
     uniq[#uniq + 1] = redis.call('SCARD', base .. K.unique .. meter .. ':' .. period)
   end
-  periods[#periods + 1] = {period, flatten(values), uniq}
+  periods[#periods + 1] = {period, values, uniq}
 end
 local life = update_hash(life_key)
 -- The planner puts each event's period in req.periods; should a caller not, its updates are
@@ -449,4 +470,4 @@ if #req.marks > 0 then marks = hmget(base .. K.fired, req.marks) end
 for i = 1, #req.marks do if not marks[i] then marks[i] = '' end end
 
 return {table.concat(flags), redis.call('HGETALL', KEYS[1]), periods,
-        flatten(life), weeks, marks, redis.call('LRANGE', base .. K.outbox, 0, -1)}
+        life, weeks, marks, redis.call('LRANGE', base .. K.outbox, 0, -1)}
