@@ -11,14 +11,15 @@ dead-letter. Nothing here publishes, commits or reads the clock: `now_ms` is pas
 waiting on the store goes through `settle`, the caller's retry policy.
 
 Slices overlap the store with Python: a slice's apply calls run while the next slice is
-planned, and its triggers are evaluated while later slices apply. A partition is never split
+planned, and its triggers are evaluated while the next one applies; a batch keeps only a
+window of slices' events and replies in memory. A partition is never split
 across slices, so no two calls in flight share an (account, partition) watermark, and a call
 redone after a lost connection cannot land behind a later one.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -78,6 +79,9 @@ class UsageOutcome:
     missing: Counter[str] = field(default_factory=Counter)  # meter -> counted events without its value
     unmetered: int = 0
 
+
+#: Slices of a batch in Redis while the oldest is read back: one is planned while one applies.
+WINDOW = 1
 
 #: Compare-and-set rounds of one batch's subscription writes before the batch is retried whole.
 CAS_ROUNDS = 5
@@ -181,31 +185,52 @@ class Processor:
         settle_apply: Settle[list[ApplyResult]],
         settle_fire: Settle[list[FireResult]],
     ) -> UsageOutcome:
-        """Plan, apply, evaluate and record one batch of usage events (see the module's doc)."""
-        rules, out = self.rules, UsageOutcome()
+        """Plan, apply, evaluate and record one batch of usage events (see the module's doc).
+
+        A window of slices: while one slice's apply calls run in Redis, the next is planned;
+        the oldest is then read back and evaluated, its fire calls sent, and its plan and
+        replies let go. So a batch holds about WINDOW + 1 slices' decoded events and replies
+        at a time, not all of them (issue 14: the memory that bounds the batch size)."""
+        out = UsageOutcome()
         cutoff = weeks_back(now_ms, 12)[-1]
-        applying: list[tuple[BatchPlan, Pending[list[ApplyResult]]]] = []
+        applying: deque[tuple[BatchPlan, Pending[list[ApplyResult]]]] = deque()
+        firing: list[tuple[list[tuple[str, list[Candidate]]], Pending[list[FireResult]]]] = []
+        rules = self.rules
         for part in partition_slices(records, SLICE_RECORDS):
             plan = plan_batch(part, rules.index, rules.engine, self.limits, now_ms)
             out.dead += plan.dead
             calls = [a.call for a in plan.accounts]
             applying.append((plan, self.store.send_apply(calls, now_ms, cutoff, rules.weekly)))
-        firing: list[tuple[list[tuple[AccountBatch, list[Candidate]]], Pending[list[FireResult]]]] = []
-        for plan, pending in applying:
-            results = settle_apply("applying usage", pending)
-            self._count(plan, results, out)
-            for acct, res in zip(plan.accounts, results, strict=True):
-                out.outboxes[acct.call.account] = list(res.outbox)
-            fire_calls, cands = self._evaluate(plan, results)
-            firing.append((cands, self.store.send_fire(fire_calls)))
-        for cands, recording in firing:
-            # Replies come in send order, and every fire runs after every apply: the last
-            # outbox seen for an account is the freshest (entries left by a crash included).
+            if len(applying) > WINDOW:
+                firing.append(self._read_back(*applying.popleft(), settle_apply, out))
+        while applying:
+            firing.append(self._read_back(*applying.popleft(), settle_apply, out))
+        for found, recording in firing:
+            # Replies come in send order, and an account's fire call is sent after its apply
+            # call was answered: the last outbox seen for an account is the freshest (entries
+            # left by a crash included). An account is in one slice (its partition's).
             replies = settle_fire("recording triggers", recording)
-            for (acct, found), reply in zip(cands, replies, strict=True):
-                rules.engine.recorded(acct.call.account, found)
-                out.outboxes[acct.call.account] = reply.outbox
+            for (account, cands), reply in zip(found, replies, strict=True):
+                rules.engine.recorded(account, cands)
+                out.outboxes[account] = reply.outbox
         return out
+
+    def _read_back(
+        self,
+        plan: BatchPlan,
+        pending: Pending[list[ApplyResult]],
+        settle_apply: Settle[list[ApplyResult]],
+        out: UsageOutcome,
+    ) -> tuple[list[tuple[str, list[Candidate]]], Pending[list[FireResult]]]:
+        """One slice's apply replies: counted, evaluated, its fire calls sent. What it returns
+        keeps only the accounts and their candidates (not the slice's events and replies)."""
+        results = settle_apply("applying usage", pending)
+        self._count(plan, results, out)
+        for acct, res in zip(plan.accounts, results, strict=True):
+            out.outboxes[acct.call.account] = list(res.outbox)
+        fire_calls, cands = self._evaluate(plan, results)
+        found = [(acct.call.account, c) for acct, c in cands]
+        return found, self.store.send_fire(fire_calls)
 
     def _count(self, plan: BatchPlan, results: Sequence[ApplyResult], out: UsageOutcome) -> None:
         lags: list[int] = []
