@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
+import subprocess
 import time
 import uuid
 from collections import defaultdict
@@ -78,6 +80,13 @@ def _script_usec(r: redis.Redis) -> tuple[float, int, int]:  # type: ignore[type
     return used, int(s.get("calls", 0)), int(s.get("usec", 0))
 
 
+def _count_instructions(pids: list[int], state: str) -> None:
+    """Switch callgrind's counting on or off in these processes (0 = this one)."""
+    for pid in pids:
+        target = str(pid or os.getpid())
+        subprocess.run(["callgrind_control", "-i", state, target], capture_output=True, check=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.hotpath")
     p.add_argument("--events", type=int, default=100_000)
@@ -89,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phases", action="store_true", help="also time planning alone")
     p.add_argument("--profile", default=None, help="write a pyinstrument profile of the loop here")
     p.add_argument("--repeat", type=int, default=1, help="run the whole workload again (fresh prefix)")
+    # bench.instructions: callgrind counts only the loop, in these processes (see there)
+    p.add_argument("--count-in", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     catalog = load_catalog(EXAMPLE_RULES)
@@ -119,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 profiler = Profiler(interval=0.0005)
                 profiler.start()
             usec0, calls0, script0 = _script_usec(r)
+            _count_instructions(args.count_in, "on")
             c0, w0 = time.process_time(), time.perf_counter()
             applied = dups = 0
             for b in work:
@@ -126,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 applied += out.applied
                 dups += out.duplicates
             cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+            _count_instructions(args.count_in, "off")
             usec1, calls1, script1 = _script_usec(r)
             if profiler is not None:
                 profiler.stop()
