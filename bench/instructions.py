@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     env = os.environ | {"PYTHONHASHSEED": "0"}  # the same set and dict orders in every run
     with tempfile.TemporaryDirectory(prefix="metering-ir-") as tmp:
         port = _free_port()
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url)  # connects at the first command
         server_cmd = [
             "redis-server",
             "--port",
@@ -79,11 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             server_cmd = _callgrind(Path(tmp) / "redis.out") + server_cmd
         server = subprocess.Popen(server_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            url = f"redis://127.0.0.1:{port}/0"
             deadline = time.monotonic() + 60
             while True:
                 try:
-                    redis.Redis.from_url(url).ping()
+                    client.ping()
                     break
                 except redis.ConnectionError:
                     if time.monotonic() > deadline:
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.side != "redis":
                 print(f"engine: {_collected(run.stderr) / args.events:,.0f} instructions per event")
         finally:
-            redis.Redis.from_url(f"redis://127.0.0.1:{port}/0").shutdown(nosave=True)
+            client.shutdown(nosave=True)
             _, err = server.communicate(timeout=120)
         if args.side != "engine":
             print(f"redis: {_collected(err) / args.events:,.0f} instructions per event")

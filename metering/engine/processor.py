@@ -39,7 +39,6 @@ from metering.core.movements import to_micro
 from metering.core.periods import weeks_back
 from metering.core.plan import (
     SLICE_RECORDS,
-    AccountBatch,
     BatchPlan,
     DeadLetter,
     Limits,
@@ -228,8 +227,7 @@ class Processor:
         self._count(plan, results, out)
         for acct, res in zip(plan.accounts, results, strict=True):
             out.outboxes[acct.call.account] = list(res.outbox)
-        fire_calls, cands = self._evaluate(plan, results)
-        found = [(acct.call.account, c) for acct, c in cands]
+        fire_calls, found = self._evaluate(plan, results)
         return found, self.store.send_fire(fire_calls)
 
     def _count(self, plan: BatchPlan, results: Sequence[ApplyResult], out: UsageOutcome) -> None:
@@ -252,11 +250,12 @@ class Processor:
 
     def _evaluate(
         self, plan: BatchPlan, results: Sequence[ApplyResult]
-    ) -> tuple[list[FireCall], list[tuple[AccountBatch, list[Candidate]]]]:
-        """Trigger candidates of each account, as fire calls (marks + outbox entries)."""
+    ) -> tuple[list[FireCall], list[tuple[str, list[Candidate]]]]:
+        """Trigger candidates of each account, as fire calls (marks + outbox entries) and as
+        (account, candidates) for `TriggerEngine.recorded` once they are recorded."""
         rules = self.rules
         calls: list[FireCall] = []
-        cands: list[tuple[AccountBatch, list[Candidate]]] = []
+        cands: list[tuple[str, list[Candidate]]] = []
         if not rules.catalog.triggers:
             return calls, cands
         for acct, res in zip(plan.accounts, results, strict=True):
@@ -270,5 +269,5 @@ class Processor:
                     FireCandidate(c.field, c.expected, c.mark(), c.topic, c.payload(account)) for c in found
                 ]
                 calls.append(FireCall(account, candidates))
-                cands.append((acct, found))
+                cands.append((account, found))
         return calls, cands

@@ -79,7 +79,7 @@ def _offer(offer: Offer | None) -> dict[str, object] | None:
 
 
 @lru_cache(maxsize=4096)
-def _calendar(day: int) -> tuple[str, int]:
+def day_calendar(day: int) -> tuple[str, int]:
     """(billing period, its start in ms) of a UTC day: both are functions of the day."""
     ms = day * DAY_MS
     return period_of(ms), period_start_ms(ms)
@@ -123,12 +123,12 @@ class Ctx:
     @property
     def period(self) -> str:
         """The billing period holding `now`."""
-        return _calendar(self.now // DAY_MS)[0]
+        return day_calendar(self.now // DAY_MS)[0]
 
     @property
     def period_start(self) -> int:
         """The start of `period`, in ms."""
-        return _calendar(self.now // DAY_MS)[1]
+        return day_calendar(self.now // DAY_MS)[1]
 
     def touched(self, period: str) -> set[str]:
         """Meters that this batch's events matched in `period` (worked out once per batch)."""

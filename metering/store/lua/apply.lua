@@ -355,10 +355,7 @@ end
 -- 3. Write. A hash that is also read back is read once, updated in Lua, written with one
 -- HSET and returned as updated.
 
--- Reads `key`, applies its gathered deltas, maxima and latest values, writes the changed
--- fields with one HSET; returns the hash as it now stands, flat (field, value, ...): the
--- HGETALL reply patched in place, so the read-back needs no second table.
-local updated = {}
+local updated = {} -- keys update_hash has written
 
 -- sets field to v in a flat hash whose value positions `at` knows (appended when new)
 local function put(flat, at, field, v)
@@ -372,6 +369,9 @@ local function put(flat, at, field, v)
   end
 end
 
+-- Reads `key`, applies its gathered deltas, maxima and latest values, writes the changed
+-- fields with one HSET; returns the hash as it now stands, flat (field, value, ...): the
+-- HGETALL reply patched in place, so the read-back needs no second table.
 local function update_hash(key)
   updated[key] = true
   local flat = redis.call('HGETALL', key)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from metering.core.events import Event
-from metering.core.periods import DAY_MS, period_of
+from metering.core.periods import DAY_MS
 from metering.triggers.candidate import Candidate, mark_state, number
-from metering.triggers.context import Ctx, crossing
+from metering.triggers.context import Ctx, crossing, day_calendar
 from metering.triggers.kind import Kind, MarkReader
 from rules.models import Catalog, UsageThreshold
 
@@ -112,27 +113,17 @@ def mark_reader(rule: UsageThreshold, catalog: Catalog) -> MarkReader | None:
         for t in catalog.meters[m].event_type:
             types.setdefault(t, []).append(m)
     plans = {m: [name for name, plan in catalog.plans.items() if plan.limits.get(m)] for m in meters}
-    # (meter, UTC day) -> its scopes: a function of the day, built once per day and meter
-    # (this runs once per account and batch). Bounded: a few days are live at a time.
-    memo: dict[tuple[str, int], tuple[str, ...]] = {}
 
-    def scopes(m: str, day: int) -> tuple[str, ...]:
-        hit = memo.get((m, day))
-        if hit is None:
-            if len(memo) > 4096:
-                memo.clear()
-            period = period_of(day * DAY_MS)
-            hit = memo[(m, day)] = tuple(
-                scope(rule.id, m, period, p, level) for p in plans[m] for level in rule.at
-            )
-        return hit
+    # A (meter, period)'s scopes are the same for every account: built once, not once per
+    # account and batch (issue 14). A few periods are live at a time.
+    @lru_cache(maxsize=256)
+    def scopes(m: str, period: str) -> tuple[str, ...]:
+        return tuple(scope(rule.id, m, period, p, level) for p in plans[m] for level in rule.at)
 
     def read(events: Sequence[Event]) -> list[str]:
-        if not any(e.type in types for e in events):
-            return []
         wanted = {(m, e.time_ms // DAY_MS) for e in events for m in types.get(e.type, ())}
-        # in (meter, period) order, each scope once (days of one period give the same scopes)
-        return list(dict.fromkeys(f for m, day in sorted(wanted) for f in scopes(m, day)))
+        pairs = sorted({(m, day_calendar(day)[0]) for m, day in wanted})
+        return [f for m, period in pairs for f in scopes(m, period)]
 
     return read
 
